@@ -1,0 +1,1 @@
+"""Command-line interface: `vitlab SUBCOMMAND` (one module per sub-command)."""

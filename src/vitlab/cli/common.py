@@ -1,0 +1,24 @@
+"""Pieces several sub-commands share."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from vitlab.errors import ConfigError
+
+
+def add_checkpoint_args(p) -> None:
+    p.add_argument("--checkpoint", required=True, help="vitlab run directory or checkpoint; or any format with --model")
+    p.add_argument("--model", default=None, help="architecture, when --checkpoint is not a vitlab checkpoint")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def load_model(checkpoint: str, model: str | None) -> nn.Module:
+    from vitlab.registry import create_model
+    from vitlab.weights import checkpoint_model_name, load_checkpoint
+
+    if model is not None:
+        return create_model(model, pretrained=checkpoint)
+    if checkpoint_model_name(checkpoint) is None:
+        raise ConfigError(f"--checkpoint {checkpoint} is not a vitlab checkpoint; name its architecture with --model")
+    return load_checkpoint(checkpoint)

@@ -1,0 +1,42 @@
+"""`vitlab` entry point: dispatches to sub-commands; user errors end in one line and a non-zero exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from vitlab.errors import VitlabError
+
+SUBCOMMANDS = ("train", "eval", "predict", "models")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(prog="vitlab", description="vision transformers: train, evaluate, inspect")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"vitlab.cli.{name}_cmd").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stdout, force=True
+    )
+    try:
+        return args.run(args) or 0
+    except VitlabError as e:
+        print(f"vitlab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vitlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""`vitlab predict IMAGE...`: the top-5 labels of each image."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    from vitlab.cli.common import add_checkpoint_args
+
+    p = sub.add_parser("predict", help="classify image files and print the top-k labels")
+    p.add_argument("images", nargs="+", help="image files (png, jpg, ...)")
+    add_checkpoint_args(p)
+    p.add_argument("--topk", type=int, default=5)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vitlab.cli.common import load_model
+    from vitlab.data import ImageTransform, read_image
+    from vitlab.engine.trainer import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, args.model).to(device).eval()
+    cfg = model.cfg
+    tf = ImageTransform(cfg.img_size, cfg.in_chans, cfg.mean, cfg.std, train=False)
+    images = [tf(read_image(p)) for p in args.images]  # every file is read before any output
+    labels = cfg.labels or [str(i) for i in range(model.num_classes)]
+    with torch.no_grad():
+        probs = model(torch.stack(images).to(device)).float().softmax(dim=-1)
+    k = min(args.topk, probs.shape[-1])
+    for path, p in zip(args.images, probs, strict=True):
+        top = p.topk(k)
+        print(path)
+        for score, idx in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+            print(f"  {labels[idx]:<20} {score:.4f}")
+    return 0

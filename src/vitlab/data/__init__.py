@@ -1,0 +1,70 @@
+"""Data: parse a data spec (`digits`, `cifar10:DIR`, `cifar100:DIR`, `mnist:DIR`, or an ImageFolder DIR)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vitlab.data.datasets import (
+    ArrayDataset,
+    DataSplits,
+    ImageFolder,
+    load_cifar,
+    load_digits_dataset,
+    load_mnist,
+    read_image,
+)
+from vitlab.data.transforms import ImageTransform, TransformedDataset
+from vitlab.errors import DataError
+
+__all__ = [
+    "ArrayDataset",
+    "DataSplits",
+    "ImageFolder",
+    "ImageTransform",
+    "TransformedDataset",
+    "load_data",
+    "read_image",
+    "stratified_split",
+]
+
+
+def stratified_split(targets: list[int], test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays (train, test) with each class split in the same proportion."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(targets))
+    counts = np.bincount(targets)
+    stratify = targets if counts[counts > 0].min() >= 2 else None
+    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=stratify)
+    return np.sort(train), np.sort(test)
+
+
+def load_data(spec: str, test_fraction: float = 0.2) -> DataSplits:
+    """Train/test splits for a data spec. Splits made here are fixed (seed 0) so every run sees the same test set."""
+    kind, _, arg = spec.partition(":")
+    if spec == "digits":
+        full = load_digits_dataset()
+        tr, te = stratified_split(full.targets, test_fraction)
+        return DataSplits(full.subset(tr), full.subset(te), full.classes, natural_images=False)
+    if kind in ("cifar10", "cifar100") and arg:
+        train, test = load_cifar(arg, 10 if kind == "cifar10" else 100)
+        return DataSplits(train, test, train.classes, natural_images=True)
+    if kind == "mnist" and arg:
+        train, test = load_mnist(arg)
+        return DataSplits(train, test, train.classes, natural_images=False)
+    root = Path(spec)
+    if not root.exists():
+        raise DataError(f"--data {spec!r}: not a directory and not one of digits, cifar10:DIR, cifar100:DIR, mnist:DIR")
+    split_dirs = [root / n for n in ("val", "test") if (root / n).is_dir()]
+    if (root / "train").is_dir() and split_dirs:
+        train, test = ImageFolder(root / "train"), ImageFolder(split_dirs[0])
+        if train.classes != test.classes:
+            raise DataError(f"{root}/train and {split_dirs[0]} have different class folders")
+        return DataSplits(train, test, train.classes, natural_images=True)
+    full = ImageFolder(root)
+    if len(full) < 2:
+        raise DataError(f"data directory {root} has {len(full)} image(s); at least 2 are needed to split")
+    tr, te = stratified_split(full.targets, test_fraction)
+    return DataSplits(full.subset(tr), full.subset(te), full.classes, natural_images=True)

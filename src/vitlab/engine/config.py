@@ -1,0 +1,46 @@
+"""Training configuration: every field is a flag of `vitlab train` (the help text is the why)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    model: str = _f("vit_micro_patch4_8", "registered model name (`vitlab models` lists them)")
+    data: str = _f("digits", "digits | cifar10:DIR | cifar100:DIR | mnist:DIR | an ImageFolder DIR")
+    out: str = _f("runs/train", "run directory: config, metrics, checkpoints, report")
+    epochs: int = _f(60, "training epochs")
+    batch_size: int = _f(64, "images per batch")
+    lr: float = _f(2e-3, "peak AdamW learning rate, reached after warm-up")
+    min_lr: float = _f(1e-5, "learning rate at the end of the cosine decay")
+    warmup_epochs: float = _f(3.0, "linear warm-up length (DeiT: 5 of 300 epochs)")
+    weight_decay: float = _f(0.05, "AdamW decay; never on norms, biases, position embeddings or tokens")
+    img_size: int | None = _f(None, "input side; default the model's, otherwise position embeddings are resampled")
+    pretrained: str | None = _f(None, "checkpoint to start from: vitlab run/file, transformers dir, timm file")
+    freeze_backbone: bool = _f(False, "train only the new head (transfer learning: feature extractor frozen)")
+    unfreeze_epoch: int | None = _f(None, "with --freeze-backbone: fine-tune everything from this epoch on")
+    label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy")
+    mixup: float = _f(0.0, "mixup alpha, 0 = off (DeiT: 0.8)")
+    cutmix: float = _f(0.0, "cutmix alpha, 0 = off (DeiT: 1.0)")
+    drop_path: float | None = _f(None, "stochastic depth rate (default: the model's)")
+    ema: bool = _f(False, "keep an exponential moving average of the weights and evaluate it too")
+    ema_decay: float = _f(0.998, "EMA decay per optimiser step")
+    bf16: bool = _f(False, "bfloat16 autocast for forward and backward")
+    clip_grad: float | None = _f(1.0, "max global gradient norm (0 = off)")
+    accum_steps: int = _f(1, "gradient accumulation: one optimiser step every N batches")
+    seed: int = _f(0, "seed for initialisation, shuffling, augmentation and dropout")
+    resume: bool = _f(False, "continue the run in --out from its last completed epoch")
+    teacher: str | None = _f(None, "teacher checkpoint for distillation (DeiT)")
+    teacher_model: str | None = _f(None, "teacher architecture when --teacher is not a vitlab checkpoint")
+    distill: str = _f("hard", "distillation: hard (teacher argmax) or soft (KL at temperature tau)")
+    alpha: float = _f(0.5, "weight of the distillation term")
+    tau: float = _f(1.0, "soft-distillation temperature")
+    workers: int = _f(0, "DataLoader worker processes")
+    device: str = _f("auto", "auto | cpu | cuda")
+    test_fraction: float = _f(0.2, "held-out share for data sets without their own test split")
+    stop_after: int | None = _f(None, "stop after N epochs in this invocation; --resume continues")

@@ -1,0 +1,104 @@
+"""Run-directory checkpoints: weights (vitlab safetensors), training state (safetensors + state.json).
+
+Every file is written atomically (temp file + rename). `state.json` is written last and names the epoch the other
+files belong to; the tensor files carry the same epoch in their metadata, so a half-finished save is detected
+instead of silently mixing epochs on resume.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vitlab.errors import CheckpointError
+from vitlab.weights import CHECKPOINT_FILE, save_checkpoint
+from vitlab.weights.io import atomic_write, read_tensors, write_tensors
+
+STATE_JSON = "state.json"
+TRAIN_STATE = "train_state.safetensors"
+EMA_FILE = "checkpoint_ema.safetensors"
+
+
+def save_run_state(
+    out: Path,
+    *,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    ema_model: nn.Module | None,
+    extra: dict,
+) -> None:
+    tag = {"epoch": epoch}
+    save_checkpoint(model, out / CHECKPOINT_FILE, extra=tag)
+    if ema_model is not None:
+        save_checkpoint(ema_model, out / EMA_FILE, extra=tag)
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
+    for idx, st in opt["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{idx}.{k}"] = v
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    if ema_model is not None:
+        tensors.update({f"ema.{k}": v for k, v in ema_model.state_dict().items()})
+    write_tensors(out / TRAIN_STATE, tensors, {"epoch": str(epoch)})
+    state = {
+        "epoch": epoch,
+        "optimizer": {"param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]},
+        "optimizer_scalars": scalars,
+        "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+        # Randomness is re-derived from (seed, epoch) at every epoch start, so the seed restores it exactly.
+        "rng": {"seed": extra.get("seed"), "reseeded_per_epoch": True},
+        **extra,
+    }
+    atomic_write(out / STATE_JSON, lambda tmp: Path(tmp).write_text(json.dumps(state, indent=2)))
+
+
+def load_run_state(out: Path, *, model: nn.Module, optimizer, scheduler, ema_model: nn.Module | None) -> dict:
+    """Restore everything saved by `save_run_state`; returns state.json's content."""
+    state_file = out / STATE_JSON
+    if not state_file.is_file():
+        raise CheckpointError(f"--resume: {state_file} not found (no completed epoch in {out})")
+    try:
+        state = json.loads(state_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"--resume: {state_file} is not valid JSON ({e})") from None
+    epoch = state["epoch"]
+    weights, meta = read_tensors(out / CHECKPOINT_FILE)
+    train, tmeta = read_tensors(out / TRAIN_STATE)
+    saved_epoch = json.loads(meta.get("extra", "{}")).get("epoch")
+    if saved_epoch != epoch or tmeta.get("epoch") != str(epoch):
+        raise CheckpointError(
+            f"--resume: {out} holds files from different epochs (state.json {epoch}, {CHECKPOINT_FILE} "
+            f"{saved_epoch}, {TRAIN_STATE} {tmeta.get('epoch')}); the last save was interrupted"
+        )
+    model.load_state_dict(weights)
+    opt_state: dict = {"state": {}, "param_groups": []}
+    for key, v in train.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(idx), {})[name] = v
+    for idx, sc in state.get("optimizer_scalars", {}).items():
+        opt_state["state"].setdefault(int(idx), {}).update(sc)
+    current = optimizer.state_dict()["param_groups"]
+    if len(current) != len(state["optimizer"]["param_groups"]):
+        raise CheckpointError(f"--resume: {state_file} has a different optimizer layout than this model")
+    opt_state["param_groups"] = [
+        {**saved, "params": cur["params"]}
+        for saved, cur in zip(state["optimizer"]["param_groups"], current, strict=True)
+    ]
+    optimizer.load_state_dict(opt_state)
+    # LambdaLR keeps its schedule functions out of the state; they are rebuilt from the config.
+    scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
+    if ema_model is not None:
+        ema = {k[len("ema.") :]: v for k, v in train.items() if k.startswith("ema.")}
+        if not ema:
+            raise CheckpointError(f"--resume with --ema, but {out / TRAIN_STATE} has no EMA weights")
+        ema_model.load_state_dict(ema)
+    return state

@@ -1,0 +1,24 @@
+"""Errors meant for users: the CLI prints their message alone (no traceback) and exits non-zero."""
+
+from __future__ import annotations
+
+
+class VitlabError(Exception):
+    """Base class: the message names the file, key or argument, what was expected and what was found."""
+
+
+class UnknownModelError(VitlabError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class CheckpointError(VitlabError):
+    pass
+
+
+class DataError(VitlabError):
+    pass
+
+
+class ConfigError(VitlabError, ValueError):
+    pass

@@ -1,0 +1,32 @@
+"""Image to patch tokens: a convolution with kernel = stride = patch size (ViT, arXiv 2010.11929, sec. 3.1)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PatchEmbed(nn.Module):
+    """Shapes: (B, C, H, W) -> (B, Hp*Wp, D) with Hp = H / patch, Wp = W / patch."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        if img_size % patch_size != 0:
+            raise ValueError(f"img_size={img_size} is not a multiple of patch_size={patch_size}")
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.in_chans = in_chans
+        self.grid_size = img_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"expected images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        if x.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(
+                f"expected {self.img_size}x{self.img_size} images, got {x.shape[-2]}x{x.shape[-1]} "
+                f"(create the model with img_size={x.shape[-1]} to resample its position embedding)"
+            )
+        x = self.proj(x)  # (B, D, Hp, Wp)
+        return x.flatten(2).transpose(1, 2)  # (B, N, D)

@@ -1,0 +1,39 @@
+"""Position embeddings: resampling learned ones to a new grid, and fixed 2-D sine-cosine ones."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor, new_grid: tuple[int, int], num_prefix_tokens: int, mode: str = "bicubic"
+) -> torch.Tensor:
+    """Resize a (1, prefix + Hp*Wp, D) table to a new grid, keeping the class/distillation rows as they are.
+
+    Bicubic as in DeiT and DINO; the original JAX ViT code uses bilinear (ViT paper, sec. 3.2).
+    """
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    old = int(math.isqrt(grid.shape[1]))
+    if old * old != grid.shape[1]:
+        raise ValueError(f"position embedding has {grid.shape[1]} grid rows, not a square number")
+    if (old, old) == tuple(new_grid):
+        return pos_embed
+    D = grid.shape[-1]
+    grid = grid.reshape(1, old, old, D).permute(0, 3, 1, 2)  # (1, D, Hp, Wp)
+    grid = F.interpolate(grid.float(), size=new_grid, mode=mode, align_corners=False).to(pos_embed.dtype)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], D)  # (1, N, D)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def sincos_pos_embed_2d(grid_size: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """Fixed 2-D sine-cosine table (MAE / big_vision `posemb_sincos_2d`): (grid*grid, dim)."""
+    if dim % 4 != 0:
+        raise ValueError(f"embed_dim={dim} must be divisible by 4 for 2-D sincos position embedding")
+    y, x = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
+    omega = 1.0 / temperature ** (torch.arange(dim // 4) / (dim // 4 - 1 if dim > 4 else 1))
+    y = y.flatten()[:, None] * omega[None, :]
+    x = x.flatten()[:, None] * omega[None, :]
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1).float()

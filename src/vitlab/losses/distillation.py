@@ -1,0 +1,40 @@
+"""DeiT distillation loss (Touvron et al., arXiv 2012.12877, sec. 5).
+
+loss = (1 - alpha) * CE(class head, labels) + alpha * KD(distillation head, teacher), with
+hard KD = CE(distillation head, argmax teacher), soft KD = KL(softmax(teacher / tau) || softmax(student / tau)) tau^2.
+The soft term is summed and divided by the number of logits, as the DeiT repository's `DistillationLoss` does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vitlab.losses.classification import cross_entropy
+
+
+def distillation_loss(
+    *,
+    cls_logits: torch.Tensor,
+    dist_logits: torch.Tensor,
+    target: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    kind: str = "hard",
+    alpha: float = 0.5,
+    tau: float = 1.0,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    base = cross_entropy(logits=cls_logits, target=target, label_smoothing=label_smoothing)
+    teacher_logits = teacher_logits.detach().float()
+    if kind == "hard":
+        kd = F.cross_entropy(dist_logits.float(), teacher_logits.argmax(dim=-1))
+    elif kind == "soft":
+        kd = F.kl_div(
+            F.log_softmax(dist_logits.float() / tau, dim=-1),
+            F.log_softmax(teacher_logits / tau, dim=-1),
+            reduction="sum",
+            log_target=True,
+        ) * (tau * tau / dist_logits.numel())
+    else:
+        raise ValueError(f"distillation kind must be 'hard' or 'soft', got {kind!r}")
+    return (1 - alpha) * base + alpha * kd

@@ -1,0 +1,342 @@
+"""Vision Transformer and DeiT.
+
+Papers: "An Image is Worth 16x16 Words" (Dosovitskiy et al., arXiv 2010.11929) and "Training data-efficient image
+transformers & distillation through attention" (Touvron et al., arXiv 2012.12877).
+
+Differences from the reference code: parameter names follow timm's (so timm state dicts load unchanged and the
+Hugging Face converter in `vitlab.weights.hf` is a renaming); attention runs through SDPA and returns probabilities
+only for the layers `vitlab.explain` asks for; the class token is initialised to zeros and the head to zeros as
+in the official JAX code (timm uses a small normal for the token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vitlab.layers import Attention, DropPath, Mlp, PatchEmbed, resample_pos_embed, sincos_pos_embed_2d
+from vitlab.models.outputs import DistilledLogits
+from vitlab.registry import register_model
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass
+class ViTConfig:
+    img_size: int = 224  # square input side; the position table has (img_size / patch_size)^2 grid rows
+    patch_size: int = 16  # side of a patch = kernel and stride of the embedding conv
+    in_chans: int = 3  # image channels the patch embedding expects
+    num_classes: int = 1000  # 0 gives a model without a head (features only)
+    embed_dim: int = 768  # token width D
+    depth: int = 12  # number of transformer blocks L
+    num_heads: int = 12  # attention heads H; D must be divisible by H
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * D (Table 1 of the ViT paper: 4)
+    qkv_bias: bool = True  # bias on the q, k, v projections (ViT and DeiT use one)
+    class_token: bool = True  # prepend a learned [class] token (ViT sec. 3.1)
+    distilled: bool = False  # DeiT: a distillation token after the class token and a second head
+    global_pool: str = "token"  # "token": head on the class token; "avg": mean of patch tokens (GAP variant)
+    pos_embed: str = "learned"  # "learned" 1-D table (ViT) or fixed 2-D "sincos" (MAE, big_vision)
+    norm_eps: float = 1e-6  # LayerNorm epsilon: 1e-6 in JAX/timm, 1e-12 in HF transformers' configs
+    drop_rate: float = 0.0  # dropout after position embedding, in MLPs and before the head
+    attn_drop_rate: float = 0.0  # dropout on attention probabilities
+    drop_path_rate: float = 0.0  # stochastic depth, linearly increasing over blocks (DeiT recipe: 0.1)
+    mean: tuple[float, ...] = HALF  # input normalisation the weights expect (JAX ViT: 0.5; DeiT: ImageNet)
+    std: tuple[float, ...] = HALF
+    labels: list[str] = field(default_factory=list)  # class names, if known (from a checkpoint or data set)
+
+    def __post_init__(self) -> None:
+        if self.global_pool not in ("token", "avg"):
+            raise ValueError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
+        if self.pos_embed not in ("learned", "sincos"):
+            raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}")
+        if self.global_pool == "token" and not self.class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        if self.distilled and not self.class_token:
+            raise ValueError("distilled=True needs class_token=True")
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, cfg: ViTConfig, drop_path: float) -> None:
+        super().__init__()
+        D = cfg.embed_dim
+        self.norm1 = nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.attn = Attention(D, cfg.num_heads, cfg.qkv_bias, cfg.attn_drop_rate, cfg.drop_rate)
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.mlp = Mlp(D, int(D * cfg.mlp_ratio), drop=cfg.drop_rate)
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(self.norm1(x)))
+        return x + self.drop_path2(self.mlp(self.norm2(x)))
+
+
+class VisionTransformer(nn.Module):
+    """ViT / DeiT.
+
+    Shapes: images (B, C, H, W) -> tokens (B, N, D) with N = prefix + Hp*Wp -> logits (B, num_classes).
+    """
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.embed_dim
+        self.num_classes = cfg.num_classes
+        self.num_features = D
+        self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled)
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, D)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distilled else None
+        if cfg.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + num_patches, D))
+        else:
+            # Fixed table for the patch grid; prefix tokens get no position (as in MAE's zero row).
+            table = sincos_pos_embed_2d(self.patch_embed.grid_size, D)
+            table = torch.cat([torch.zeros(self.num_prefix_tokens, D), table])[None]
+            self.register_buffer("pos_embed", table, persistent=False)
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+
+        dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
+        self.blocks = nn.Sequential(*[Block(cfg, dpr[i]) for i in range(cfg.depth)])
+        # GAP models normalise after pooling (fc_norm), token models before (timm's layout and key names).
+        use_fc_norm = cfg.global_pool == "avg"
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.head_dist = None
+        if cfg.distilled:
+            self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    # ----- initialisation -------------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        if isinstance(self.pos_embed, nn.Parameter):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.dist_token is not None:
+            nn.init.trunc_normal_(self.dist_token, std=0.02)
+        self.apply(_init_linear)
+        self._zero_heads()
+
+    def _zero_heads(self) -> None:
+        # Official JAX ViT zero-initialises the classifier: the first logits are uniform.
+        for head in (self.head, self.head_dist):
+            if isinstance(head, nn.Linear):
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
+
+    # ----- public API -----------------------------------------------------------------------------------------
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "dist_token"}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            if global_pool == "token" and self.cls_token is None:
+                raise ValueError("global_pool='token' needs a class token")
+            self.cfg.global_pool = global_pool
+        self.num_classes = self.cfg.num_classes = num_classes
+        ref = self.head.weight if isinstance(self.head, nn.Linear) else self.cls_token
+        kw = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+        self.head = nn.Linear(self.num_features, num_classes, **kw) if num_classes > 0 else nn.Identity()
+        if self.head_dist is not None:
+            self.head_dist = nn.Linear(self.num_features, num_classes, **kw) if num_classes > 0 else nn.Identity()
+        self._zero_heads()
+
+    def get_classifier_names(self) -> list[str]:
+        """Parameter-name prefixes of the classifier(s): what transfer learning replaces."""
+        return ["head", "head_dist"] if self.head_dist is not None else ["head"]
+
+    def attention_layers(self) -> list[Attention]:
+        return [blk.attn for blk in self.blocks]
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        B = x.shape[0]
+        prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
+        x = torch.cat(prefix + [x], dim=1)  # (B, N, D), order [cls, dist, patches] as in DeiT
+        return self.pos_drop(x + self.pos_embed)
+
+    def _run_block(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(blk, x, use_reentrant=False)
+        return blk(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._pos_embed(self.patch_embed(x))
+        for blk in self.blocks:
+            x = self._run_block(blk, x)
+        return self.norm(x)  # (B, N, D)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Outputs of the blocks named by `indices` (an int n = the last n blocks; negative indices count back).
+
+        output_fmt "NCHW" gives patch feature maps (B, D, Hp, Wp) without prefix tokens; "NLC" the tokens (B, N, D).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take = _block_indices(indices, len(self.blocks))
+        x = self._pos_embed(self.patch_embed(x))
+        intermediates = []
+        for i, blk in enumerate(self.blocks):
+            x = self._run_block(blk, x)
+            if i in take:
+                y = self.norm(x) if norm else x
+                if output_fmt == "NCHW":
+                    g = self.patch_embed.grid_size
+                    y = y[:, self.num_prefix_tokens :].transpose(1, 2).reshape(x.shape[0], -1, g, g)  # (B, D, Hp, Wp)
+                intermediates.append(y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.global_pool == "avg":
+            return x[:, self.num_prefix_tokens :].mean(dim=1)
+        return x[:, 0]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        feats = self.head_drop(self.fc_norm(self._pool(x)))
+        if pre_logits:
+            return feats
+        if self.head_dist is None:
+            return self.head(feats)
+        # DeiT inference: average the class-token and distillation-token predictions (sec. 5.1).
+        return (self.head(feats) + self.head_dist(self.head_drop(x[:, 1]))) / 2
+
+    def forward_distill(self, x: torch.Tensor) -> DistilledLogits:
+        """Both DeiT heads separately, for training with a teacher."""
+        if self.head_dist is None:
+            raise ValueError("forward_distill needs a distilled model (a *_distilled_* variant or distilled=True)")
+        x = self.forward_features(x)
+        cls = self.head(self.head_drop(self.fc_norm(self._pool(x))))
+        return DistilledLogits(cls=cls, dist=self.head_dist(self.head_drop(x[:, 1])))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    # ----- checkpoint adaptation ------------------------------------------------------------------------------
+    def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Resample a learned position table saved for another image size to this model's grid."""
+        pe = state.get("pos_embed")
+        own = self.pos_embed
+        if isinstance(own, nn.Parameter) and pe is not None and pe.shape != own.shape and pe.shape[-1] == own.shape[-1]:
+            g = self.patch_embed.grid_size
+            state = dict(state, pos_embed=resample_pos_embed(pe, (g, g), self.num_prefix_tokens))
+        return state
+
+
+def _init_linear(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def _block_indices(indices: int | Sequence[int] | None, depth: int) -> set[int]:
+    if indices is None:
+        return set(range(depth))
+    if isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise ValueError(f"indices={indices}: ask for between 1 and {depth} last blocks")
+        return set(range(depth - indices, depth))
+    out = set()
+    for i in indices:
+        if not -depth <= i < depth:
+            raise ValueError(f"block index {i} out of range for a model with {depth} blocks")
+        out.add(i % depth)
+    return out
+
+
+def _vit(**defaults):
+    def build(**overrides) -> VisionTransformer:
+        return VisionTransformer(ViTConfig(**{**defaults, **overrides}))
+
+    return build
+
+
+# ----- registered variants: timm's names and sizes (REFERENCE.md, ViT Table 1) ------------------------------------
+_TI = dict(embed_dim=192, depth=12, num_heads=3)
+_S = dict(embed_dim=384, depth=12, num_heads=6)
+_B = dict(embed_dim=768, depth=12, num_heads=12)
+_L = dict(embed_dim=1024, depth=24, num_heads=16)
+_H = dict(embed_dim=1280, depth=32, num_heads=16)
+_DEIT = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+_VARIANTS: dict[str, dict] = {
+    "vit_tiny_patch16_224": dict(**_TI, patch_size=16),
+    "vit_tiny_patch16_384": dict(**_TI, patch_size=16, img_size=384),
+    "vit_small_patch16_224": dict(**_S, patch_size=16),
+    "vit_small_patch16_384": dict(**_S, patch_size=16, img_size=384),
+    "vit_small_patch32_224": dict(**_S, patch_size=32),
+    "vit_base_patch8_224": dict(**_B, patch_size=8),
+    "vit_base_patch16_224": dict(**_B, patch_size=16),
+    "vit_base_patch16_384": dict(**_B, patch_size=16, img_size=384),
+    "vit_base_patch32_224": dict(**_B, patch_size=32),
+    "vit_base_patch32_384": dict(**_B, patch_size=32, img_size=384),
+    "vit_large_patch16_224": dict(**_L, patch_size=16),
+    "vit_large_patch16_384": dict(**_L, patch_size=16, img_size=384),
+    "vit_large_patch32_224": dict(**_L, patch_size=32),
+    "vit_huge_patch14_224": dict(**_H, patch_size=14),
+    "deit_tiny_patch16_224": dict(**_TI, **_DEIT),
+    "deit_small_patch16_224": dict(**_S, **_DEIT),
+    "deit_base_patch16_224": dict(**_B, **_DEIT),
+    "deit_base_patch16_384": dict(**_B, **_DEIT, img_size=384),
+    "deit_tiny_distilled_patch16_224": dict(**_TI, **_DEIT, distilled=True),
+    "deit_small_distilled_patch16_224": dict(**_S, **_DEIT, distilled=True),
+    "deit_base_distilled_patch16_224": dict(**_B, **_DEIT, distilled=True),
+    "deit_base_distilled_patch16_384": dict(**_B, **_DEIT, distilled=True, img_size=384),
+    # Small configs for 8x8 digits, 16x16 and 32x32 images (the CPU demo and tests); not in timm.
+    "vit_micro_patch2_8": dict(
+        img_size=8,
+        patch_size=2,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=2.0,
+        drop_path_rate=0.1,
+    ),
+    "vit_micro_patch4_8": dict(
+        img_size=8, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0
+    ),
+    "vit_micro_patch4_16": dict(
+        img_size=16, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0
+    ),
+    "deit_micro_distilled_patch4_8": dict(
+        img_size=8,
+        patch_size=4,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=64,
+        depth=4,
+        num_heads=4,
+        mlp_ratio=2.0,
+        distilled=True,
+    ),
+    "vit_mini_patch4_32": dict(img_size=32, patch_size=4, num_classes=10, embed_dim=192, depth=6, num_heads=3),
+}
+
+for _name, _defaults in _VARIANTS.items():
+    register_model(_name, family="vit", config_cls=ViTConfig)(_vit(**_defaults))

@@ -1,0 +1,38 @@
+"""Parameter and FLOP counts, computed on the meta device (no memory, no time spent on weights)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass
+class ModelStats:
+    name: str
+    params: int
+    flops: int  # floating-point operations of one forward pass (a multiply-add counts 2)
+    img_size: int
+
+    @property
+    def gmacs(self) -> float:
+        """Multiply-adds, the unit papers call "FLOPs"."""
+        return self.flops / 2e9
+
+
+def model_stats(name: str, img_size: int | None = None, flops: bool = True, **overrides) -> ModelStats:
+    from vitlab.registry import create_model
+
+    with torch.device("meta"):
+        model = create_model(name, img_size=img_size, **overrides)
+    params = sum(p.numel() for p in model.parameters())
+    cfg = model.cfg
+    total = 0
+    if flops:
+        with torch.device("meta"):
+            x = torch.empty(1, cfg.in_chans, cfg.img_size, cfg.img_size)
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model.eval()(x)
+        total = counter.get_total_flops()
+    return ModelStats(name, params, total, cfg.img_size)

@@ -1,0 +1,25 @@
+"""Parity with timm (skipped where timm is not importable: it needs torchvision)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import vitlab
+
+timm = pytest.importorskip("timm")
+
+
+@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "vit_small_patch32_224"])
+def test_timm_state_dict_logits_match(tmp_path, name):
+    ref = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "w.safetensors")
+    ours = vitlab.create_model(name, pretrained=tmp_path / "w.safetensors", num_classes=10).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (ours(x) - ref(x)).abs().max().item() < 1e-4
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())

@@ -1,0 +1,115 @@
+"""Contract tests over every registered model: the one API all families share."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vitlab
+from vitlab.errors import ConfigError, UnknownModelError
+
+ALL = vitlab.list_models()
+
+
+def small(name: str, **kw):
+    """The registered architecture with its width kept but depth and input shrunk, so every name runs on CPU."""
+    with torch.device("meta"):
+        full = vitlab.create_model(name)
+    patch = full.cfg.patch_size
+    return vitlab.create_model(name, depth=2, img_size=patch * 3, **kw), full.cfg
+
+
+def test_registry_lists_required_models():
+    required = {
+        "vit_tiny_patch16_224", "vit_small_patch16_224", "vit_small_patch32_224", "vit_base_patch8_224",
+        "vit_base_patch16_224", "vit_base_patch32_224", "vit_base_patch16_384", "vit_large_patch16_224",
+        "vit_large_patch32_224", "vit_huge_patch14_224", "deit_tiny_patch16_224", "deit_small_patch16_224",
+        "deit_base_patch16_224", "deit_tiny_distilled_patch16_224", "deit_small_distilled_patch16_224",
+        "deit_base_distilled_patch16_224",
+    }  # fmt: skip
+    assert required <= set(ALL)
+    assert vitlab.list_models("deit_*_distilled_*") == sorted(n for n in ALL if "distilled" in n)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(UnknownModelError, match="did you mean vit_base_patch16_224"):
+        vitlab.create_model("vit_bse_patch16_224")
+
+
+def test_unknown_argument_is_named():
+    with pytest.raises(ConfigError, match="embed_dimm"):
+        vitlab.create_model("vit_micro_patch2_8", embed_dimm=3)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_full_size_shapes_on_meta(name):
+    with torch.device("meta"):
+        m = vitlab.create_model(name)
+        x = torch.empty(2, m.cfg.in_chans, m.cfg.img_size, m.cfg.img_size)
+        assert m(x).shape == (2, m.num_classes)
+        assert m.forward_features(x).shape == (2, m.num_prefix_tokens + m.patch_embed.num_patches, m.cfg.embed_dim)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_contract(name, tmp_path):
+    m, full_cfg = small(name, num_classes=7)
+    C, S = m.cfg.in_chans, m.cfg.img_size
+    x = torch.randn(3, C, S, S)
+
+    # forward: shape, finite, eval determinism
+    m.eval()
+    y = m(x)
+    assert y.shape == (3, 7) and torch.isfinite(y).all()
+    assert torch.equal(y, m(x))
+    assert torch.allclose(m.forward_head(m.forward_features(x)), y)
+    assert m.forward_head(m.forward_features(x), pre_logits=True).shape == (3, m.num_features)
+
+    # backward reaches every parameter; head is zero-initialised so perturb it first
+    torch.nn.init.normal_(m.head.weight, std=0.02)
+    m.train()
+    m(x).logsumexp(-1).sum().backward()
+    for pname, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+    assert any(p.grad.abs().sum() > 0 for n, p in m.named_parameters() if n.startswith("blocks.0."))
+
+    # gradient checkpointing: same outputs and gradients (no dropout in these configs)
+    grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    m.set_grad_checkpointing(True)
+    m(x).logsumexp(-1).sum().backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-6, msg=n)
+    m.set_grad_checkpointing(False)
+
+    # intermediates
+    feats = m.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
+    assert len(feats) == 2 and feats[0].shape == (3, m.cfg.embed_dim, 3, 3)
+    final, toks = m.forward_intermediates(x, indices=1, output_fmt="NLC")
+    assert len(toks) == 1 and toks[0].shape == final.shape
+    with pytest.raises(ValueError):
+        m.forward_intermediates(x, indices=[5])
+
+    # no-weight-decay names exist; reset_classifier
+    params = dict(m.named_parameters())
+    assert "pos_embed" in params or m.cfg.pos_embed == "sincos"
+    assert all(n in params or n in ("pos_embed", "dist_token", "cls_token") for n in m.no_weight_decay())
+
+    # save -> load round trip
+    m.eval()
+    path = vitlab.save_checkpoint(m, tmp_path / "m.safetensors")
+    m2 = vitlab.load_checkpoint(path)
+    assert type(m2) is type(m) and m2.cfg == m.cfg
+    torch.testing.assert_close(m2.eval()(x), m(x), rtol=0, atol=0)
+
+    m.reset_classifier(4)
+    assert m(x).shape == (3, 4)
+    m.reset_classifier(0)
+    assert m(x).shape == (3, m.num_features)
+
+
+def test_wrong_channels_and_size_are_clear_errors():
+    m = vitlab.create_model("vit_micro_patch2_8")
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 1, H, W\)"):
+        m(torch.randn(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="img_size=16"):
+        m(torch.randn(1, 1, 16, 16))
