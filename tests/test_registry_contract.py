@@ -113,3 +113,52 @@ def test_wrong_channels_and_size_are_clear_errors():
         m(torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="img_size=16"):
         m(torch.randn(1, 1, 16, 16))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(global_pool="avg"),
+        dict(global_pool="avg", class_token=False),
+        dict(pos_embed="sincos"),
+        dict(pos_embed="sincos", global_pool="avg", class_token=False),
+    ],
+)
+def test_pooling_and_position_variants(overrides, tmp_path):
+    m = vitlab.create_model("vit_micro_patch2_8", **overrides).eval()
+    x = torch.randn(2, 1, 8, 8)
+    assert m(x).shape == (2, 10)
+    if overrides.get("global_pool") == "avg":
+        # GAP head: mean of the patch tokens only, then fc_norm (timm's layout)
+        feats = m.forward_features(x)
+        torch.testing.assert_close(
+            m.forward_head(feats, pre_logits=True), m.fc_norm(feats[:, m.num_prefix_tokens :].mean(1))
+        )
+    if overrides.get("pos_embed") == "sincos":
+        assert "pos_embed" not in m.state_dict()  # fixed table, rebuilt for any img_size
+        big = vitlab.create_model("vit_micro_patch2_8", img_size=16, **overrides)
+        assert big.pos_embed.shape[1] == m.num_prefix_tokens + 64
+    m2 = vitlab.load_checkpoint(vitlab.save_checkpoint(m, tmp_path))
+    torch.testing.assert_close(m2.eval()(x), m(x))
+
+
+def test_sincos_table_by_hand():
+    from vitlab.layers import sincos_pos_embed_2d
+
+    t = sincos_pos_embed_2d(2, 8)  # omega = [1, 1e-4]; columns [sin x, cos x, sin y, cos y]
+    assert t.shape == (4, 8)
+    torch.testing.assert_close(t[0], torch.tensor([0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0]))
+    # token 1 is (y=0, x=1)
+    torch.testing.assert_close(t[1, :2], torch.tensor([0.8414710, 1e-4]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(t[2, 4:6], torch.tensor([0.8414710, 1e-4]), atol=1e-6, rtol=0)
+
+
+def test_pos_embed_resample_keeps_prefix_and_is_identity_at_same_size():
+    from vitlab.layers import resample_pos_embed
+
+    pe = torch.randn(1, 2 + 16, 8)
+    assert resample_pos_embed(pe, (4, 4), 2) is pe
+    out = resample_pos_embed(pe, (6, 6), 2)
+    assert out.shape == (1, 38, 8) and torch.equal(out[:, :2], pe[:, :2])
+    const = torch.ones(1, 1 + 9, 4)
+    torch.testing.assert_close(resample_pos_embed(const, (5, 5), 1), torch.ones(1, 26, 4))

@@ -29,7 +29,10 @@ def resample_pos_embed(
 
 
 def sincos_pos_embed_2d(grid_size: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """Fixed 2-D sine-cosine table (MAE / big_vision `posemb_sincos_2d`): (grid*grid, dim)."""
+    """Fixed 2-D sine-cosine table, (grid*grid, dim) with columns [sin x, cos x, sin y, cos y].
+
+    Frequencies as big_vision's `posemb_sincos_2d` (omega_i = T^(-i / (dim/4 - 1))); MAE's table divides by dim/4.
+    """
     if dim % 4 != 0:
         raise ValueError(f"embed_dim={dim} must be divisible by 4 for 2-D sincos position embedding")
     y, x = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
