@@ -45,9 +45,12 @@ def build_peers(name: str, device: torch.device) -> dict:
 
 @torch.inference_mode()
 def time_once(fn, x: torch.Tensor, iters: int) -> float:
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
     start = time.perf_counter()
     for _ in range(iters):
         fn(x)
+    sync()
     return iters * x.shape[0] / (time.perf_counter() - start)
 
 
