@@ -105,3 +105,9 @@ def test_existing_run_untouched_by_failed_train(trained_run, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--out", str(trained_run), "--resume", "--device", "cuda:9"]) == 2
     assert {p.name: p.stat().st_mtime_ns for p in trained_run.iterdir()} == before
+
+
+@pytest.mark.parametrize("device", ["cuda:9", "tpu", "gpu"])
+def test_bad_device_is_one_line(device, tmp_path, capsys):
+    assert main(["train", "--device", device, "--out", str(tmp_path / "o")]) == 2
+    assert "--device" in capsys.readouterr().err and not (tmp_path / "o").exists()
