@@ -16,7 +16,7 @@ def small(name: str, **kw):
     with torch.device("meta"):
         full = vitlab.create_model(name)
     patch = full.cfg.patch_size
-    return vitlab.create_model(name, depth=2, img_size=patch * 3, **kw), full.cfg
+    return vitlab.create_model(name, depth=2, img_size=patch * 3, drop_path_rate=0.0, **kw), full.cfg
 
 
 def test_registry_lists_required_models():

@@ -12,27 +12,22 @@ in the official JAX code (timm uses a small normal for the token).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import Attention, DropPath, Mlp, PatchEmbed, resample_pos_embed, sincos_pos_embed_2d
+from vitlab.models.base import HALF, IMAGENET_MEAN, IMAGENET_STD, ImageModelConfig, make_head, stage_indices
 from vitlab.models.outputs import DistilledLogits
 from vitlab.registry import register_model
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-HALF = (0.5, 0.5, 0.5)
-
 
 @dataclass
-class ViTConfig:
-    img_size: int = 224  # square input side; the position table has (img_size / patch_size)^2 grid rows
+class ViTConfig(ImageModelConfig):
+    # img_size: the position table has (img_size / patch_size)^2 grid rows
     patch_size: int = 16  # side of a patch = kernel and stride of the embedding conv
-    in_chans: int = 3  # image channels the patch embedding expects
-    num_classes: int = 1000  # 0 gives a model without a head (features only)
     embed_dim: int = 768  # token width D
     depth: int = 12  # number of transformer blocks L
     num_heads: int = 12  # attention heads H; D must be divisible by H
@@ -46,11 +41,11 @@ class ViTConfig:
     drop_rate: float = 0.0  # dropout after position embedding, in MLPs and before the head
     attn_drop_rate: float = 0.0  # dropout on attention probabilities
     drop_path_rate: float = 0.0  # stochastic depth, linearly increasing over blocks (DeiT recipe: 0.1)
-    mean: tuple[float, ...] = HALF  # input normalisation the weights expect (JAX ViT: 0.5; DeiT: ImageNet)
+    mean: tuple[float, ...] = HALF  # JAX ViT normalises with 0.5; DeiT with ImageNet statistics
     std: tuple[float, ...] = HALF
-    labels: list[str] = field(default_factory=list)  # class names, if known (from a checkpoint or data set)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
         if self.pos_embed not in ("learned", "sincos"):
@@ -59,7 +54,6 @@ class ViTConfig:
             raise ValueError("global_pool='token' needs class_token=True")
         if self.distilled and not self.class_token:
             raise ValueError("distilled=True needs class_token=True")
-        self.mean, self.std = tuple(self.mean), tuple(self.std)
 
 
 class Block(nn.Module):
@@ -115,11 +109,10 @@ class VisionTransformer(nn.Module):
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=cfg.norm_eps)
         self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
-        self.head = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
-        self.head_dist = None
-        if cfg.distilled:
-            self.head_dist = nn.Linear(D, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.init_weights()
+        # Official JAX ViT zero-initialises the classifier: the first logits are uniform.
+        self.head = make_head(D, cfg.num_classes)
+        self.head_dist = make_head(D, cfg.num_classes) if cfg.distilled else None
 
     # ----- initialisation -------------------------------------------------------------------------------------
     def init_weights(self) -> None:
@@ -128,14 +121,6 @@ class VisionTransformer(nn.Module):
         if self.dist_token is not None:
             nn.init.trunc_normal_(self.dist_token, std=0.02)
         self.apply(_init_linear)
-        self._zero_heads()
-
-    def _zero_heads(self) -> None:
-        # Official JAX ViT zero-initialises the classifier: the first logits are uniform.
-        for head in (self.head, self.head_dist):
-            if isinstance(head, nn.Linear):
-                nn.init.zeros_(head.weight)
-                nn.init.zeros_(head.bias)
 
     # ----- public API -----------------------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
@@ -150,12 +135,9 @@ class VisionTransformer(nn.Module):
                 raise ValueError("global_pool='token' needs a class token")
             self.cfg.global_pool = global_pool
         self.num_classes = self.cfg.num_classes = num_classes
-        ref = self.head.weight if isinstance(self.head, nn.Linear) else self.cls_token
-        kw = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
-        self.head = nn.Linear(self.num_features, num_classes, **kw) if num_classes > 0 else nn.Identity()
+        self.head = make_head(self.num_features, num_classes, like=self)
         if self.head_dist is not None:
-            self.head_dist = nn.Linear(self.num_features, num_classes, **kw) if num_classes > 0 else nn.Identity()
-        self._zero_heads()
+            self.head_dist = make_head(self.num_features, num_classes, like=self)
 
     def get_classifier_names(self) -> list[str]:
         """Parameter-name prefixes of the classifier(s): what transfer learning replaces."""
@@ -195,7 +177,7 @@ class VisionTransformer(nn.Module):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take = _block_indices(indices, len(self.blocks))
+        take = stage_indices(indices, len(self.blocks))
         x = self._pos_embed(self.patch_embed(x))
         intermediates = []
         for i, blk in enumerate(self.blocks):
@@ -251,21 +233,6 @@ def _init_linear(m: nn.Module) -> None:
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
-
-
-def _block_indices(indices: int | Sequence[int] | None, depth: int) -> set[int]:
-    if indices is None:
-        return set(range(depth))
-    if isinstance(indices, int):
-        if not 0 < indices <= depth:
-            raise ValueError(f"indices={indices}: ask for between 1 and {depth} last blocks")
-        return set(range(depth - indices, depth))
-    out = set()
-    for i in indices:
-        if not -depth <= i < depth:
-            raise ValueError(f"block index {i} out of range for a model with {depth} blocks")
-        out.add(i % depth)
-    return out
 
 
 def _vit(**defaults):

@@ -1,0 +1,63 @@
+"""What every image model shares: the config fields the engine reads, and classifier helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+
+
+@dataclass
+class ImageModelConfig:
+    img_size: int = 224  # square input side the model is built for
+    in_chans: int = 3  # image channels the stem expects
+    num_classes: int = 1000  # 0 gives a model without a head (features only)
+    mean: tuple[float, ...] = IMAGENET_MEAN  # input normalisation the weights expect
+    std: tuple[float, ...] = IMAGENET_STD
+    labels: list[str] = field(default_factory=list)  # class names, if known (from a checkpoint or data set)
+
+    def __post_init__(self) -> None:
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+
+
+def make_head(in_features: int, num_classes: int, like: nn.Module | None = None) -> nn.Module:
+    """A zero-initialised linear classifier (uniform first predictions), or Identity for num_classes=0."""
+    if num_classes <= 0:
+        return nn.Identity()
+    kw = {}
+    if like is not None:
+        ref = next(like.parameters(), None)
+        if ref is not None:
+            kw = {"device": ref.device, "dtype": ref.dtype}
+    head = nn.Linear(in_features, num_classes, **kw)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def init_trunc_normal(m: nn.Module, std: float = 0.02) -> None:
+    """timm's default for transformers: truncated normal weights, zero biases, on Linear and Conv layers."""
+    if isinstance(m, nn.Linear | nn.Conv2d):
+        nn.init.trunc_normal_(m.weight, std=std)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def stage_indices(indices, count: int) -> set[int]:
+    """Normalise `forward_intermediates` indices: None = all, int n = the last n, a list may count from the end."""
+    if indices is None:
+        return set(range(count))
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ValueError(f"indices={indices}: ask for between 1 and {count} last outputs")
+        return set(range(count - indices, count))
+    out = set()
+    for i in indices:
+        if not -count <= i < count:
+            raise ValueError(f"index {i} out of range for a model with {count} blocks/stages")
+        out.add(i % count)
+    return out
