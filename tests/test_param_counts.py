@@ -12,7 +12,25 @@ COUNTS = {
     "deit_small_distilled_patch16_224": 22_436_432,
     "vit_small_patch16_224": 22_050_664,  # paper table: 22.1M
     "vit_tiny_patch16_224": 5_717_416,  # paper table: 5.7M
+    "convnext_tiny": 28_589_128,
+    "convnext_small": 50_223_688,
+    "convnext_base": 88_591_464,
+    "convnext_large": 197_767_336,
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "alexnet": 61_100_840,
+    "lenet5": 61_706,  # C1 156 + C3 2,416 + C5 48,120 + F6 10,164 + output 850
 }
+
+# The papers' tables count multiply-adds ("FLOPs"); vitlab's counter must land within 3% of them.
+PAPER_GMACS = {"convnext_tiny": 4.5, "convnext_small": 8.7, "convnext_base": 15.4, "resnet50": 4.1}
+
+
+@pytest.mark.parametrize("name,gmacs", PAPER_GMACS.items())
+def test_gmacs_match_paper_tables(name, gmacs):
+    assert model_stats(name).gmacs == pytest.approx(gmacs, rel=0.03)
 
 
 @pytest.mark.parametrize("name,count", COUNTS.items())

@@ -93,3 +93,11 @@ def test_bad_config_values(tmp_path):
     with pytest.raises(ConfigError, match="--unfreeze-epoch needs --freeze-backbone"):
         train(TrainConfig(out=str(tmp_path / "x"), unfreeze_epoch=3))
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "name,img_size", [("lenet5", 32), ("resnet18", 32), ("convnext_micro_32", 32), ("alexnet", 64)]
+)
+def test_cnn_families_train_on_digits(tmp_path, name, img_size):
+    r = train(TrainConfig(model=name, img_size=img_size, out=str(tmp_path / name), epochs=1, batch_size=128))
+    assert r.final is not None and torch.isfinite(torch.tensor(r.metrics[-1]["train_loss"]))

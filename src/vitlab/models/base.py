@@ -47,6 +47,12 @@ def init_trunc_normal(m: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
+def check_images(x, in_chans: int) -> None:
+    """One clear error for a batch of the wrong rank or channel count, before any layer sees it."""
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"expected images of shape (B, {in_chans}, H, W), got {tuple(x.shape)}")
+
+
 def stage_indices(indices, count: int) -> set[int]:
     """Normalise `forward_intermediates` indices: None = all, int n = the last n, a list may count from the end."""
     if indices is None:

@@ -124,7 +124,7 @@ class VisionTransformer(nn.Module):
 
     # ----- public API -----------------------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token", "dist_token"}
+        return {n for n in ("pos_embed", "cls_token", "dist_token") if isinstance(getattr(self, n), nn.Parameter)}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

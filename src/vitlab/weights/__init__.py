@@ -103,8 +103,10 @@ def read_pretrained(src: str | Path, entry) -> Pretrained:
     if meta.get("format") == FORMAT_TAG:
         arch = json.loads(meta.get("config", "{}"))
         return Pretrained(state, _fit_arch(arch, entry, path), str(path), "vitlab")
-    if hf.is_hf_vit(state):
-        return Pretrained(hf.convert_vit(state), {}, str(path), "hf")
+    conv = hf.find_by_keys(state)
+    if conv is not None:
+        _check_family(conv, entry, path)
+        return Pretrained(conv.convert(state), {}, str(path), "hf")
     return Pretrained(state, {}, str(path), "timm")  # timm's names are vitlab's names
 
 
@@ -131,10 +133,19 @@ def _read_hf_dir(path: Path, entry, source: str) -> Pretrained:
     else:
         raise CheckpointError(f"{path} has config.json but no model.safetensors or pytorch_model.bin")
     model_type = config.get("model_type")
-    if model_type not in ("vit", "deit"):
-        raise CheckpointError(f"{config_file}: model_type={model_type!r} cannot be loaded into {entry.name!r}")
-    state = hf.convert_vit(state)
-    return Pretrained(state, hf.vit_arch_from_config(config, state), source, "hf")
+    conv = hf.find_by_model_type(model_type)
+    if conv is None:
+        raise CheckpointError(f"{config_file}: model_type={model_type!r} is not a format vitlab reads")
+    _check_family(conv, entry, config_file)
+    state = conv.convert(state)
+    return Pretrained(state, conv.arch(config, state), source, "hf")
+
+
+def _check_family(conv: hf.HfConverter, entry, where) -> None:
+    if conv.family != entry.family:
+        raise CheckpointError(
+            f"{where}: a transformers {conv.family} checkpoint cannot be loaded into {entry.name!r} ({entry.family})"
+        )
 
 
 def _hub_download(repo_id: str) -> Path:

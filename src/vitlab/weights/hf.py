@@ -1,102 +1,62 @@
-"""Hugging Face transformers ViT / DeiT checkpoints -> vitlab (timm-named) state dicts and configs.
-
-Reads both key layouts: the one `save_pretrained` writes (`encoder.layer.N.attention.attention.query`) and the
-renamed modules of transformers 5 (`layers.N.attention.q_proj`). q, k and v are concatenated into one `qkv`.
-"""
+"""Hugging Face transformers checkpoints: one converter per model family, found by `model_type` or by the keys."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-from vitlab.errors import CheckpointError
 
-_PREFIXES = ("vit.", "deit.")
-
-_RENAMES = [
-    (r"^embeddings\.cls_token$", "cls_token"),
-    (r"^embeddings\.distillation_token$", "dist_token"),
-    (r"^embeddings\.position_embeddings$", "pos_embed"),
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
-    (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-    (r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
-    (r"^layers\.(\d+)\.attention\.o_proj\.", r"blocks.\1.attn.proj."),
-    (r"^(?:encoder\.layer\.(\d+)\.intermediate\.dense|layers\.(\d+)\.mlp\.fc1)\.", r"blocks.\1\2.mlp.fc1."),
-    (r"^(?:encoder\.layer\.(\d+)\.output\.dense|layers\.(\d+)\.mlp\.fc2)\.", r"blocks.\1\2.mlp.fc2."),
-    (r"^layernorm\.", "norm."),
-    (r"^(?:classifier|cls_classifier)\.", "head."),
-    (r"^distillation_classifier\.", "head_dist."),
-]
-_QKV = re.compile(
-    r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:attention\.(query|key|value)|(q|k|v)_proj)\.(\w+)$"
-)
-_QKV_ORDER = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
+@dataclass(frozen=True)
+class HfConverter:
+    family: str  # vitlab family the weights load into
+    model_types: tuple[str, ...]  # config.json `model_type` values
+    marker: str  # a key suffix only this family's state dicts have
+    convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]  # HF names -> vitlab names
+    arch: Callable[[dict, dict[str, torch.Tensor]], dict]  # config.json (+ converted state) -> vitlab config fields
 
 
-def is_hf_vit(state: dict[str, torch.Tensor]) -> bool:
-    return any(k.endswith("embeddings.patch_embeddings.projection.weight") for k in state)
+def rename(state: dict[str, torch.Tensor], prefixes: tuple[str, ...], rules: list[tuple[str, str]]) -> dict:
+    """Strip the model prefix, drop poolers, and apply the first matching (regex, replacement) rule to each key.
 
-
-def convert_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[int, str], list] = {}
+    Keys no rule matches are kept as they are, so the loader reports them as unexpected.
+    """
+    out = {}
     for key, value in state.items():
-        for p in _PREFIXES:
+        for p in prefixes:
             if key.startswith(p):
                 key = key[len(p) :]
                 break
-        if key.startswith("pooler."):  # ViTModel's tanh pooler: not part of the classification model
+        if key.startswith("pooler."):  # *Model checkpoints' pooler is not part of a classifier
             continue
-        m = _QKV.match(key)
-        if m:
-            layer, name, short, param = m.groups()
-            qkv.setdefault((int(layer), param), [None, None, None])[_QKV_ORDER[name or short]] = value
-            continue
-        for pattern, repl in _RENAMES:
+        for pattern, repl in rules:
             new, n = re.subn(pattern, repl, key)
             if n:
-                out[new] = value
+                key = new
                 break
-        else:
-            out[key] = value  # left as is: reported as unexpected by the loader
-    for (layer, param), parts in qkv.items():
-        if any(p is None for p in parts):
-            raise CheckpointError(f"layer {layer}: incomplete query/key/value {param} tensors in the checkpoint")
-        out[f"blocks.{layer}.attn.qkv.{param}"] = torch.cat(parts, dim=0)
+        out[key] = value
     return out
 
 
-def vit_arch_from_config(config: dict, state: dict[str, torch.Tensor]) -> dict:
-    """ViTConfig fields from a transformers config.json (ViTConfig / DeiTConfig)."""
-    act = config.get("hidden_act", "gelu")
-    if act != "gelu":
-        raise CheckpointError(f"config.json: hidden_act={act!r} is not supported (vitlab's ViT uses exact 'gelu')")
-    D = config["hidden_size"]
-    arch = dict(
-        embed_dim=D,
-        depth=config["num_hidden_layers"],
-        num_heads=config["num_attention_heads"],
-        mlp_ratio=config["intermediate_size"] / D,
-        patch_size=config["patch_size"],
-        img_size=config["image_size"],
-        in_chans=config.get("num_channels", 3),
-        qkv_bias=config.get("qkv_bias", True),
-        norm_eps=config.get("layer_norm_eps", 1e-12),
-        distilled="dist_token" in state,
-        class_token=True,
-        global_pool="token",
-    )
-    head = state.get("head.weight")
-    arch["num_classes"] = head.shape[0] if head is not None else 0
+def labels_from_config(config: dict, num_classes: int) -> list[str]:
     labels = config.get("id2label") or {}
     names = [labels[k] for k in sorted(labels, key=int)] if labels else []
-    if names and names != [f"LABEL_{i}" for i in range(len(names))] and len(names) == arch["num_classes"]:
-        arch["labels"] = names
-    if arch["distilled"] and "head_dist.weight" not in state and head is not None:
-        raise CheckpointError(
-            "a DeiT checkpoint with a distillation token but one classifier (DeiTForImageClassification) is not "
-            "supported; use DeiTForImageClassificationWithTeacher or DeiTModel weights"
-        )
-    return arch
+    if names and names != [f"LABEL_{i}" for i in range(len(names))] and len(names) == num_classes:
+        return names
+    return []
+
+
+def all_converters() -> list[HfConverter]:
+    from vitlab.weights import convnext, resnet, vit
+
+    return [vit.HF, convnext.HF, resnet.HF]
+
+
+def find_by_model_type(model_type: str | None) -> HfConverter | None:
+    return next((c for c in all_converters() if model_type in c.model_types), None)
+
+
+def find_by_keys(state: dict[str, torch.Tensor]) -> HfConverter | None:
+    return next((c for c in all_converters() if any(k.endswith(c.marker) for k in state)), None)

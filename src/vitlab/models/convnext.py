@@ -1,0 +1,173 @@
+"""ConvNeXt: "A ConvNet for the 2020s" (Liu et al., arXiv 2201.03545).
+
+Block (Fig. 4 / sec. 2.6): 7x7 depthwise conv -> LayerNorm -> Linear 4C -> GELU -> Linear C -> layer scale -> drop path,
+plus the residual; stem 4x4/4 conv + LN ("patchify"); downsampling LN + 2x2/2 conv between stages; head: global
+average pool -> LN -> Linear. Parameter names follow timm's (`stem`, `stages.N.downsample`, `stages.N.blocks.M`,
+`head.norm`, `head.fc`); the Hugging Face converter renames to these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vitlab.layers import DropPath, Mlp
+from vitlab.models.base import ImageModelConfig, check_images, init_trunc_normal, make_head, stage_indices
+from vitlab.registry import register_model
+
+
+@dataclass
+class ConvNeXtConfig(ImageModelConfig):
+    depths: tuple[int, ...] = (3, 3, 9, 3)  # blocks per stage (T: 3/3/9/3, S/B/L: 3/3/27/3)
+    dims: tuple[int, ...] = (96, 192, 384, 768)  # channels per stage
+    patch_size: int = 4  # stem kernel = stride
+    layer_scale_init: float = 1e-6  # initial per-channel scale of each residual branch (sec. 2.6)
+    drop_path_rate: float = 0.0  # stochastic depth, linear over all blocks (paper: 0.1/0.4/0.5 for T/S/B)
+    head_norm_eps: float = 1e-6  # the final LayerNorm's epsilon (HF configs: 1e-12)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.depths, self.dims = tuple(self.depths), tuple(self.dims)
+        if len(self.depths) != len(self.dims):
+            raise ValueError(f"depths {self.depths} and dims {self.dims} must have the same length")
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of a (B, C, H, W) map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)  # (B, C, H, W)
+
+
+class ConvNeXtBlock(nn.Module):
+    def __init__(self, dim: int, layer_scale_init: float, drop_path: float) -> None:
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, 4 * dim)
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale_init)) if layer_scale_init > 0 else None
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.conv_dw(x).permute(0, 2, 3, 1)  # (B, H, W, C): the MLP runs channels-last
+        x = self.mlp(self.norm(x))
+        if self.gamma is not None:
+            x = x * self.gamma
+        return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
+
+
+class ConvNeXtStage(nn.Module):
+    def __init__(self, in_dim: int, dim: int, depth: int, layer_scale_init: float, dpr: list[float]) -> None:
+        super().__init__()
+        if in_dim != dim:
+            self.downsample = nn.Sequential(LayerNorm2d(in_dim, eps=1e-6), nn.Conv2d(in_dim, dim, 2, stride=2))
+        else:
+            self.downsample = nn.Identity()
+        self.blocks = nn.Sequential(*[ConvNeXtBlock(dim, layer_scale_init, dpr[i]) for i in range(depth)])
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        for blk in self.blocks:
+            x = checkpoint(blk, x, use_reentrant=False) if self.grad_checkpointing and x.requires_grad else blk(x)
+        return x
+
+
+class Head(nn.Module):
+    """Global average pool -> LayerNorm -> Linear (timm's NormMlpClassifierHead without hidden layer)."""
+
+    def __init__(self, dim: int, num_classes: int, eps: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.fc = make_head(dim, num_classes)
+
+    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.norm(x.mean(dim=(-2, -1)))  # (B, C)
+        return x if pre_logits else self.fc(x)
+
+
+class ConvNeXt(nn.Module):
+    """Shapes: (B, C, H, W) -> features (B, dims[-1], H/32, W/32) -> logits (B, num_classes)."""
+
+    def __init__(self, cfg: ConvNeXtConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.num_features = cfg.dims[-1]
+        self.stem = nn.Sequential(
+            nn.Conv2d(cfg.in_chans, cfg.dims[0], cfg.patch_size, stride=cfg.patch_size),
+            LayerNorm2d(cfg.dims[0], eps=1e-6),
+        )
+        total = sum(cfg.depths)
+        rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        stages, prev, start = [], cfg.dims[0], 0
+        for depth, dim in zip(cfg.depths, cfg.dims, strict=True):
+            stages.append(ConvNeXtStage(prev, dim, depth, cfg.layer_scale_init, rates[start : start + depth]))
+            prev, start = dim, start + depth
+        self.stages = nn.Sequential(*stages)
+        self.apply(init_trunc_normal)
+        self.head = Head(self.num_features, cfg.num_classes, cfg.head_norm_eps)
+
+    def no_weight_decay(self) -> set[str]:
+        return set()  # every 1-D parameter (norms, biases, layer scales) is already exempt
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def get_classifier_names(self) -> list[str]:
+        return ["head.fc"]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = self.cfg.num_classes = num_classes
+        self.head.fc = make_head(self.num_features, num_classes, like=self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.cfg.in_chans)
+        return self.stages(self.stem(x))
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):  # fmt: skip
+        """Stage outputs (B, C_i, H_i, W_i); `norm` is accepted for API symmetry (ConvNeXt has no final norm map)."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW' for ConvNeXt, got {output_fmt!r}")
+        take = stage_indices(indices, len(self.stages))
+        check_images(x, self.cfg.in_chans)
+        x = self.stem(x)
+        feats = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in take:
+                feats.append(x)
+        return feats if intermediates_only else (x, feats)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+_VARIANTS = {
+    "convnext_tiny": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768)),
+    "convnext_small": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768)),
+    "convnext_base": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024)),
+    "convnext_large": dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536)),
+    # 32x32 inputs (digits upsampled, CIFAR): a 2x2 stem keeps a 2x2 map after three downsamplings.
+    "convnext_micro_32": dict(img_size=32, patch_size=2, depths=(1, 1, 2, 1), dims=(32, 64, 128, 256), num_classes=10),
+}
+
+
+def _build(defaults: dict):
+    return lambda **overrides: ConvNeXt(ConvNeXtConfig(**{**defaults, **overrides}))
+
+
+for _name, _defaults in _VARIANTS.items():
+    register_model(_name, family="convnext", config_cls=ConvNeXtConfig)(_build(_defaults))

@@ -1,0 +1,294 @@
+"""CNN baselines of the lectures' first part: LeNet-5, AlexNet and ResNet.
+
+- LeNet-5: "Gradient-based learning applied to document recognition" (LeCun et al., 1998): conv 5x5 (6) -> avg-pool ->
+  conv 5x5 (16) -> avg-pool -> 120 -> 84 -> classes, tanh. C3 is fully connected to S2 here (the paper's sparse
+  connection table saved compute in 1998) and the RBF output layer is a linear one, as in every modern rendition.
+- AlexNet: Krizhevsky et al., NeurIPS 2012, in its single-GPU form ("One weird trick", arXiv 1404.5997; torchvision's
+  layout: 64/192/384/256/256 filters, 61.1M parameters).
+- ResNet: "Deep Residual Learning" (He et al., arXiv 1512.03385), v1.5 (stride on the 3x3 conv of a bottleneck, as
+  timm, torchvision and HF). Parameter names follow timm/torchvision (`conv1`, `bn1`, `layerN.M`, `fc`). The last
+  BatchNorm of each residual branch starts at zero (Goyal et al., arXiv 1706.02677), so every block starts as identity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from vitlab.models.base import HALF, ImageModelConfig, check_images, make_head, stage_indices
+from vitlab.registry import register_model
+
+
+# ----- ResNet ------------------------------------------------------------------------------------------------------
+@dataclass
+class ResNetConfig(ImageModelConfig):
+    block: str = "bottleneck"  # "basic" (two 3x3 convs; ResNet-18/34) or "bottleneck" (1x1-3x3-1x1, expansion 4)
+    layers: tuple[int, ...] = (3, 4, 6, 3)  # blocks per stage (ResNet-50)
+    stem_width: int = 64  # channels of the 7x7/2 stem conv
+    widths: tuple[int, ...] = (64, 128, 256, 512)  # inner width per stage; output = width x expansion
+    zero_init_last: bool = True  # start each residual branch at zero (last BN gamma = 0)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.layers, self.widths = tuple(self.layers), tuple(self.widths)
+        if self.block not in ("basic", "bottleneck"):
+            raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_ch: int, width: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, width, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.act = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(in_ch, width, stride)
+
+    def last_norm(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act(self.bn1(self.conv1(x)))
+        return self.act(self.bn2(self.conv2(x)) + shortcut)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_ch: int, width: int, stride: int) -> None:
+        super().__init__()
+        out = width * self.expansion
+        self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.act = nn.ReLU(inplace=True)
+        self.downsample = _shortcut(in_ch, out, stride)
+
+    def last_norm(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        x = self.act(self.bn1(self.conv1(x)))
+        x = self.act(self.bn2(self.conv2(x)))
+        return self.act(self.bn3(self.conv3(x)) + shortcut)
+
+
+def _shortcut(in_ch: int, out: int, stride: int) -> nn.Module | None:
+    """Projection shortcut (option B of the paper) where the shape changes."""
+    if stride == 1 and in_ch == out:
+        return None
+    return nn.Sequential(nn.Conv2d(in_ch, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+
+
+class ResNet(nn.Module):
+    """Shapes: (B, C, H, W) -> features (B, 512 x expansion, H/32, W/32) -> logits (B, num_classes)."""
+
+    def __init__(self, cfg: ResNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        block = BasicBlock if cfg.block == "basic" else Bottleneck
+        self.conv1 = nn.Conv2d(cfg.in_chans, cfg.stem_width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(cfg.stem_width)
+        self.act1 = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_ch = cfg.stem_width
+        for i, (n, width) in enumerate(zip(cfg.layers, cfg.widths, strict=True)):
+            blocks = []
+            for j in range(n):
+                blocks.append(block(in_ch, width, stride=2 if (i > 0 and j == 0) else 1))
+                in_ch = width * block.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.num_features = in_ch
+        self.grad_checkpointing = False
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        if cfg.zero_init_last:
+            for m in self.modules():
+                if isinstance(m, BasicBlock | Bottleneck):
+                    nn.init.zeros_(m.last_norm().weight)
+        self.fc = make_head(self.num_features, cfg.num_classes)
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f"layer{i + 1}") for i in range(len(self.cfg.layers))]
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier_names(self) -> list[str]:
+        return ["fc"]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = self.cfg.num_classes = num_classes
+        self.fc = make_head(self.num_features, num_classes, like=self)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.cfg.in_chans)
+        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+
+    def _stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._stem(x)
+        for stage in self.stages:
+            x = self._stage(stage, x)
+        return x
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):  # fmt: skip
+        """Outputs of layer1..layer4 (strides 4, 8, 16, 32): a feature pyramid for detection backbones."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW' for ResNet, got {output_fmt!r}")
+        take = stage_indices(indices, len(self.stages))
+        x = self._stem(x)
+        feats = []
+        for i, stage in enumerate(self.stages):
+            x = self._stage(stage, x)
+            if i in take:
+                feats.append(x)
+        return feats if intermediates_only else (x, feats)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=(-2, -1))  # global average pool -> (B, C)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ----- LeNet-5 and AlexNet: feature extractor + classifier MLP ----------------------------------------------------
+@dataclass
+class ClassicCNNConfig(ImageModelConfig):
+    dropout: float = 0.5  # AlexNet's dropout before each hidden fully connected layer (sec. 4.2); unused by LeNet
+
+
+class _ClassicCNN(nn.Module):
+    """Shared API of the two plain CNNs: `features` (conv stack) -> flatten -> `classifier` (MLP with `fc` last)."""
+
+    def _init_api(self, cfg: ClassicCNNConfig, num_features: int) -> None:
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.num_features = num_features
+        self.grad_checkpointing = False
+
+    def no_weight_decay(self) -> set[str]:
+        return set()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def get_classifier_names(self) -> list[str]:
+        return ["fc"]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = self.cfg.num_classes = num_classes
+        self.fc = make_head(self.num_features, num_classes, like=self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.cfg.in_chans)
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(self.features, x, use_reentrant=False)
+        return self.features(x)
+
+    def forward_intermediates(self, x, indices=None, norm: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):  # fmt: skip
+        """Outputs of each pooling layer of `features`."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        check_images(x, self.cfg.in_chans)
+        pools = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d | nn.AvgPool2d)]
+        take = {pools[i] for i in stage_indices(indices, len(pools))}
+        feats = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in take:
+                feats.append(x)
+        return feats if intermediates_only else (x, feats)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.classifier(self.pool(x).flatten(1))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class LeNet5(_ClassicCNN):
+    """Shapes: (B, 1, 32, 32) -> C1 (B, 6, 28, 28) -> S2 14x14 -> C3 (B, 16, 10, 10) -> S4 5x5 -> 120 -> 84 -> K."""
+
+    def __init__(self, cfg: ClassicCNNConfig) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(cfg.in_chans, 6, 5), nn.Tanh(), nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
+        )  # fmt: skip
+        # C5 is a 5x5 convolution over the 5x5 map, i.e. a linear layer on the flattened map at 32x32 input;
+        # the adaptive pool keeps other input sizes working.
+        self.pool = nn.AdaptiveAvgPool2d(5)
+        self.classifier = nn.Sequential(nn.Linear(16 * 25, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh())
+        self._init_api(cfg, 84)
+        self.fc = make_head(84, cfg.num_classes)
+
+
+class AlexNet(_ClassicCNN):
+    """Shapes: (B, 3, 224, 224) -> features (B, 256, 6, 6) -> 4096 -> 4096 -> K."""
+
+    def __init__(self, cfg: ClassicCNNConfig) -> None:
+        super().__init__()
+        relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
+        self.features = nn.Sequential(
+            nn.Conv2d(cfg.in_chans, 64, 11, stride=4, padding=2), relu(), nn.MaxPool2d(3, stride=2),
+            nn.Conv2d(64, 192, 5, padding=2), relu(), nn.MaxPool2d(3, stride=2),
+            nn.Conv2d(192, 384, 3, padding=1), relu(),
+            nn.Conv2d(384, 256, 3, padding=1), relu(),
+            nn.Conv2d(256, 256, 3, padding=1), relu(), nn.MaxPool2d(3, stride=2),
+        )  # fmt: skip
+        self.pool = nn.AdaptiveAvgPool2d(6)
+        self.classifier = nn.Sequential(
+            nn.Dropout(cfg.dropout), nn.Linear(256 * 36, 4096), relu(),
+            nn.Dropout(cfg.dropout), nn.Linear(4096, 4096), relu(),
+        )  # fmt: skip
+        self._init_api(cfg, 4096)
+        self.fc = make_head(4096, cfg.num_classes)
+
+
+_RESNETS = {
+    "resnet18": dict(block="basic", layers=(2, 2, 2, 2)),
+    "resnet34": dict(block="basic", layers=(3, 4, 6, 3)),
+    "resnet50": dict(block="bottleneck", layers=(3, 4, 6, 3)),
+    "resnet101": dict(block="bottleneck", layers=(3, 4, 23, 3)),
+}
+
+for _name, _defaults in _RESNETS.items():
+    register_model(_name, family="resnet", config_cls=ResNetConfig)(
+        lambda _d=_defaults, **kw: ResNet(ResNetConfig(**{**_d, **kw}))
+    )
+
+
+@register_model(family="classic_cnn", config_cls=ClassicCNNConfig)
+def lenet5(**kw) -> LeNet5:
+    return LeNet5(ClassicCNNConfig(**{**dict(img_size=32, in_chans=1, num_classes=10, mean=HALF, std=HALF), **kw}))
+
+
+@register_model(family="classic_cnn", config_cls=ClassicCNNConfig)
+def alexnet(**kw) -> AlexNet:
+    return AlexNet(ClassicCNNConfig(**kw))

@@ -1,0 +1,61 @@
+"""Hugging Face transformers ResNet checkpoints -> vitlab (timm/torchvision-named) state dicts and configs."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from vitlab.errors import CheckpointError
+from vitlab.weights.hf import HfConverter, labels_from_config, rename
+
+_RULES = [
+    (r"^embedder\.embedder\.convolution\.", "conv1."),
+    (r"^embedder\.embedder\.normalization\.", "bn1."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.", r"S\1.\2.downsample.0."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.", r"S\1.\2.downsample.1."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.", r"S\1.\2.conv#\3."),
+    (r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.normalization\.", r"S\1.\2.bn#\3."),
+    (r"^classifier\.1\.", "fc."),
+]
+
+
+def _number(key: str) -> str:
+    # HF counts stages and convs from 0; timm/torchvision name them layer1.. and conv1..
+    key = re.sub(r"^S(\d+)\.", lambda m: f"layer{int(m.group(1)) + 1}.", key)
+    return re.sub(r"(conv|bn)#(\d+)\.", lambda m: f"{m.group(1)}{int(m.group(2)) + 1}.", key)
+
+
+def convert_resnet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {_number(k): v for k, v in rename(state, ("resnet.",), _RULES).items()}
+
+
+def resnet_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
+    if config.get("downsample_in_bottleneck") or config.get("downsample_in_first_stage"):
+        raise CheckpointError(
+            "config.json: ResNet with downsample_in_bottleneck/first_stage (v1 / D variants) is not supported"
+        )
+    if config.get("hidden_act", "relu") != "relu":
+        raise CheckpointError(f"config.json: hidden_act={config['hidden_act']!r} is not supported (ResNet uses relu)")
+    block = "bottleneck" if config.get("layer_type", "bottleneck") == "bottleneck" else "basic"
+    expansion = 4 if block == "bottleneck" else 1
+    head = state.get("fc.weight")
+    num_classes = head.shape[0] if head is not None else 0
+    return dict(
+        block=block,
+        layers=tuple(config["depths"]),
+        widths=tuple(h // expansion for h in config["hidden_sizes"]),
+        stem_width=config.get("embedding_size", 64),
+        in_chans=config.get("num_channels", 3),
+        num_classes=num_classes,
+        labels=labels_from_config(config, num_classes),
+    )
+
+
+HF = HfConverter(
+    family="resnet",
+    model_types=("resnet",),
+    marker="embedder.embedder.convolution.weight",
+    convert=convert_resnet,
+    arch=resnet_arch,
+)

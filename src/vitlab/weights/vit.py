@@ -1,0 +1,93 @@
+"""Hugging Face transformers ViT / DeiT checkpoints -> vitlab (timm-named) state dicts and configs.
+
+Reads both key layouts: the one `save_pretrained` writes (`encoder.layer.N.attention.attention.query`) and the
+renamed modules of transformers 5 (`layers.N.attention.q_proj`). q, k and v are concatenated into one `qkv`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from vitlab.errors import CheckpointError
+from vitlab.weights.hf import HfConverter, labels_from_config, rename
+
+_PREFIXES = ("vit.", "deit.")
+
+_RENAMES = [
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.distillation_token$", "dist_token"),
+    (r"^embeddings\.position_embeddings$", "pos_embed"),
+    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
+    (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+    (r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
+    (r"^layers\.(\d+)\.attention\.o_proj\.", r"blocks.\1.attn.proj."),
+    (r"^(?:encoder\.layer\.(\d+)\.intermediate\.dense|layers\.(\d+)\.mlp\.fc1)\.", r"blocks.\1\2.mlp.fc1."),
+    (r"^(?:encoder\.layer\.(\d+)\.output\.dense|layers\.(\d+)\.mlp\.fc2)\.", r"blocks.\1\2.mlp.fc2."),
+    (r"^layernorm\.", "norm."),
+    (r"^(?:classifier|cls_classifier)\.", "head."),
+    (r"^distillation_classifier\.", "head_dist."),
+]
+_QKV = re.compile(
+    r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:attention\.(query|key|value)|(q|k|v)_proj)\.(\w+)$"
+)
+_QKV_ORDER = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
+
+
+def convert_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[int, str], list] = {}
+    for key, value in rename(state, _PREFIXES, _RENAMES).items():
+        m = _QKV.match(key)  # separate q, k, v projections are gathered and fused below
+        if m:
+            layer, name, short, param = m.groups()
+            qkv.setdefault((int(layer), param), [None, None, None])[_QKV_ORDER[name or short]] = value
+        else:
+            out[key] = value
+    for (layer, param), parts in qkv.items():
+        if any(p is None for p in parts):
+            raise CheckpointError(f"layer {layer}: incomplete query/key/value {param} tensors in the checkpoint")
+        out[f"blocks.{layer}.attn.qkv.{param}"] = torch.cat(parts, dim=0)
+    return out
+
+
+def vit_arch_from_config(config: dict, state: dict[str, torch.Tensor]) -> dict:
+    """ViTConfig fields from a transformers config.json (ViTConfig / DeiTConfig)."""
+    act = config.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise CheckpointError(f"config.json: hidden_act={act!r} is not supported (vitlab's ViT uses exact 'gelu')")
+    D = config["hidden_size"]
+    arch = dict(
+        embed_dim=D,
+        depth=config["num_hidden_layers"],
+        num_heads=config["num_attention_heads"],
+        mlp_ratio=config["intermediate_size"] / D,
+        patch_size=config["patch_size"],
+        img_size=config["image_size"],
+        in_chans=config.get("num_channels", 3),
+        qkv_bias=config.get("qkv_bias", True),
+        norm_eps=config.get("layer_norm_eps", 1e-12),
+        distilled="dist_token" in state,
+        class_token=True,
+        global_pool="token",
+    )
+    head = state.get("head.weight")
+    arch["num_classes"] = head.shape[0] if head is not None else 0
+    arch["labels"] = labels_from_config(config, arch["num_classes"])
+    if arch["distilled"] and "head_dist.weight" not in state and head is not None:
+        raise CheckpointError(
+            "a DeiT checkpoint with a distillation token but one classifier (DeiTForImageClassification) is not "
+            "supported; use DeiTForImageClassificationWithTeacher or DeiTModel weights"
+        )
+    return arch
+
+
+HF = HfConverter(
+    family="vit",
+    model_types=("vit", "deit"),
+    marker="embeddings.patch_embeddings.projection.weight",
+    convert=convert_vit,
+    arch=vit_arch_from_config,
+)

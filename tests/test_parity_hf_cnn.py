@@ -1,0 +1,70 @@
+"""Parity with Hugging Face transformers for the convolutional families (ConvNeXt, ResNet)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vitlab
+from vitlab.errors import CheckpointError
+
+transformers = pytest.importorskip("transformers")
+
+
+def _randomise(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * (0.05 if p.ndim > 1 else 0.2))
+        for name, b in model.named_buffers():  # BatchNorm statistics, so eval-mode BN is not the identity
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn_like(b) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand_like(b) + 0.5)
+    return model.eval()
+
+
+def _compare(ref, ours, x, tol=1e-4):
+    with torch.no_grad():
+        expected = ref(pixel_values=x).logits
+        got = ours.eval()(x)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() < tol
+
+
+def test_convnext_logits_match(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.ConvNextConfig(
+        depths=[1, 2, 1, 1], hidden_sizes=[16, 32, 48, 64], num_labels=6, layer_scale_init_value=0.5, image_size=64
+    )
+    ref = _randomise(transformers.ConvNextForImageClassification(cfg))
+    ref.save_pretrained(tmp_path)
+    ours = vitlab.create_model("convnext_tiny", pretrained=tmp_path)
+    assert ours.cfg.dims == (16, 32, 48, 64) and ours.cfg.head_norm_eps == 1e-12
+    _compare(ref, ours, torch.randn(2, 3, 64, 64))
+
+
+@pytest.mark.parametrize("layer_type,name", [("basic", "resnet18"), ("bottleneck", "resnet50")])
+def test_resnet_logits_match(tmp_path, layer_type, name):
+    torch.manual_seed(0)
+    cfg = transformers.ResNetConfig(
+        depths=[1, 2, 1, 1], hidden_sizes=[16, 32, 64, 128] if layer_type == "bottleneck" else [8, 16, 32, 64],
+        embedding_size=8, layer_type=layer_type, num_labels=5,
+    )  # fmt: skip
+    ref = _randomise(transformers.ResNetForImageClassification(cfg))
+    ref.save_pretrained(tmp_path)
+    ours = vitlab.create_model(name, pretrained=tmp_path)
+    assert ours.cfg.layers == (1, 2, 1, 1) and ours.num_classes == 5
+    _compare(ref, ours, torch.randn(2, 3, 64, 64))
+    # as a feature backbone: the last stage output equals HF's last hidden state
+    with torch.no_grad():
+        hf_last = ref.resnet(pixel_values=torch.ones(1, 3, 64, 64)).last_hidden_state
+        ours_last = ours.forward_intermediates(torch.ones(1, 3, 64, 64), indices=1, intermediates_only=True)[0]
+    assert (hf_last - ours_last).abs().max().item() < 1e-4
+
+
+def test_family_mismatch_is_refused(tmp_path):
+    transformers.ConvNextForImageClassification(transformers.ConvNextConfig(depths=[1, 1, 1, 1])).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(CheckpointError, match="convnext checkpoint cannot be loaded into 'resnet50'"):
+        vitlab.create_model("resnet50", pretrained=tmp_path)
