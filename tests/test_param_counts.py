@@ -21,11 +21,24 @@ COUNTS = {
     "resnet50": 25_557_032,
     "resnet101": 44_549_160,
     "alexnet": 61_100_840,
+    "swin_tiny_patch4_window7_224": 28_288_354,
+    "swin_small_patch4_window7_224": 49_606_258,
+    "swin_base_patch4_window7_224": 87_768_224,
+    "swin_large_patch4_window7_224": 196_532_476,
     "lenet5": 61_706,  # C1 156 + C3 2,416 + C5 48,120 + F6 10,164 + output 850
 }
 
 # The papers' tables count multiply-adds ("FLOPs"); vitlab's counter must land within 3% of them.
-PAPER_GMACS = {"convnext_tiny": 4.5, "convnext_small": 8.7, "convnext_base": 15.4, "resnet50": 4.1}
+PAPER_GMACS = {
+    "swin_tiny_patch4_window7_224": 4.5,
+    "swin_small_patch4_window7_224": 8.7,
+    "swin_base_patch4_window7_224": 15.4,
+    "swin_base_patch4_window12_384": 47.0,
+    "convnext_tiny": 4.5,
+    "convnext_small": 8.7,
+    "convnext_base": 15.4,
+    "resnet50": 4.1,
+}
 
 
 @pytest.mark.parametrize("name,gmacs", PAPER_GMACS.items())

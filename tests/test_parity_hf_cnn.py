@@ -68,3 +68,18 @@ def test_family_mismatch_is_refused(tmp_path):
     )
     with pytest.raises(CheckpointError, match="convnext checkpoint cannot be loaded into 'resnet50'"):
         vitlab.create_model("resnet50", pretrained=tmp_path)
+
+
+@pytest.mark.parametrize("image_size,window", [(32, 4), (64, 4), (48, 4)])
+def test_swin_logits_match(tmp_path, image_size, window):
+    """Maps 16/8/4 (the last equals the window: no shift), 32/16/8, and 24/12/6 (6 is padded to 8)."""
+    torch.manual_seed(0)
+    cfg = transformers.SwinConfig(
+        image_size=image_size, patch_size=2, embed_dim=16, depths=[2, 2, 2], num_heads=[2, 4, 8],
+        window_size=window, num_labels=4,
+    )  # fmt: skip
+    ref = _randomise(transformers.SwinForImageClassification(cfg))
+    ref.save_pretrained(tmp_path)
+    ours = vitlab.create_model("swin_tiny_patch4_window7_224", pretrained=tmp_path)
+    assert ours.cfg.depths == (2, 2, 2) and ours.cfg.window_size == window
+    _compare(ref, ours, torch.randn(2, 3, image_size, image_size))

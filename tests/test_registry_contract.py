@@ -18,6 +18,9 @@ SHRINK = {
     "vit": lambda cfg: dict(depth=2, img_size=cfg.patch_size * 3, drop_path_rate=0.0),
     "convnext": lambda cfg: dict(depths=(1,) * len(cfg.depths), img_size=64, drop_path_rate=0.0),
     "resnet": lambda cfg: dict(layers=(1,) * len(cfg.layers), img_size=64),
+    "swin": lambda cfg: dict(
+        depths=(2,) + (1,) * (len(cfg.depths) - 1), img_size=cfg.patch_size * 32, drop_path_rate=0.0
+    ),  # fmt: skip
     "classic_cnn": lambda cfg: dict(img_size=min(cfg.img_size, 96), dropout=0.0),
 }
 

@@ -96,7 +96,14 @@ def test_bad_config_values(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name,img_size", [("lenet5", 32), ("resnet18", 32), ("convnext_micro_32", 32), ("alexnet", 64)]
+    "name,img_size",
+    [
+        ("lenet5", 32),
+        ("resnet18", 32),
+        ("convnext_micro_32", 32),
+        ("alexnet", 64),
+        ("swin_micro_patch2_window4_32", 32),
+    ],
 )
 def test_cnn_families_train_on_digits(tmp_path, name, img_size):
     r = train(TrainConfig(model=name, img_size=img_size, out=str(tmp_path / name), epochs=1, batch_size=128))

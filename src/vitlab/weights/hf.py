@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vitlab.errors import CheckpointError
+
 
 @dataclass(frozen=True)
 class HfConverter:
@@ -40,6 +42,28 @@ def rename(state: dict[str, torch.Tensor], prefixes: tuple[str, ...], rules: lis
     return out
 
 
+_QKV = re.compile(r"^(.*)\.__(query|key|value|q|k|v)__\.(\w+)$")
+_QKV_ORDER = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
+
+
+def fuse_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Concatenate `X.__query__.P`, `X.__key__.P`, `X.__value__.P` (as renaming rules mark them) into `X.qkv.P`."""
+    out: dict[str, torch.Tensor] = {}
+    parts: dict[tuple[str, str], list] = {}
+    for key, value in state.items():
+        m = _QKV.match(key)
+        if m:
+            prefix, which, param = m.groups()
+            parts.setdefault((prefix, param), [None, None, None])[_QKV_ORDER[which]] = value
+        else:
+            out[key] = value
+    for (prefix, param), qkv in parts.items():
+        if any(t is None for t in qkv):
+            raise CheckpointError(f"{prefix}: incomplete query/key/value {param} tensors in the checkpoint")
+        out[f"{prefix}.qkv.{param}"] = torch.cat(qkv, dim=0)
+    return out
+
+
 def labels_from_config(config: dict, num_classes: int) -> list[str]:
     labels = config.get("id2label") or {}
     names = [labels[k] for k in sorted(labels, key=int)] if labels else []
@@ -49,9 +73,9 @@ def labels_from_config(config: dict, num_classes: int) -> list[str]:
 
 
 def all_converters() -> list[HfConverter]:
-    from vitlab.weights import convnext, resnet, vit
+    from vitlab.weights import convnext, resnet, swin, vit
 
-    return [vit.HF, convnext.HF, resnet.HF]
+    return [vit.HF, convnext.HF, resnet.HF, swin.HF]
 
 
 def find_by_model_type(model_type: str | None) -> HfConverter | None:

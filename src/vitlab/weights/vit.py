@@ -6,12 +6,10 @@ renamed modules of transformers 5 (`layers.N.attention.q_proj`). q, k and v are 
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from vitlab.errors import CheckpointError
-from vitlab.weights.hf import HfConverter, labels_from_config, rename
+from vitlab.weights.hf import HfConverter, fuse_qkv, labels_from_config, rename
 
 _PREFIXES = ("vit.", "deit.")
 
@@ -20,6 +18,8 @@ _RENAMES = [
     (r"^embeddings\.distillation_token$", "dist_token"),
     (r"^embeddings\.position_embeddings$", "pos_embed"),
     (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
+    (r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.attention\.(query|key|value)\.", r"blocks.\1.attn.__\2__."),
+    (r"^layers\.(\d+)\.attention\.(q|k|v)_proj\.", r"blocks.\1.attn.__\2__."),
     (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
     (r"^(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
     (r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
@@ -30,27 +30,10 @@ _RENAMES = [
     (r"^(?:classifier|cls_classifier)\.", "head."),
     (r"^distillation_classifier\.", "head_dist."),
 ]
-_QKV = re.compile(
-    r"^(?:encoder\.layer|layers)\.(\d+)\.attention\.(?:attention\.(query|key|value)|(q|k|v)_proj)\.(\w+)$"
-)
-_QKV_ORDER = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
 
 
 def convert_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[int, str], list] = {}
-    for key, value in rename(state, _PREFIXES, _RENAMES).items():
-        m = _QKV.match(key)  # separate q, k, v projections are gathered and fused below
-        if m:
-            layer, name, short, param = m.groups()
-            qkv.setdefault((int(layer), param), [None, None, None])[_QKV_ORDER[name or short]] = value
-        else:
-            out[key] = value
-    for (layer, param), parts in qkv.items():
-        if any(p is None for p in parts):
-            raise CheckpointError(f"layer {layer}: incomplete query/key/value {param} tensors in the checkpoint")
-        out[f"blocks.{layer}.attn.qkv.{param}"] = torch.cat(parts, dim=0)
-    return out
+    return fuse_qkv(rename(state, _PREFIXES, _RENAMES))
 
 
 def vit_arch_from_config(config: dict, state: dict[str, torch.Tensor]) -> dict:
