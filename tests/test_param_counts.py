@@ -25,6 +25,8 @@ COUNTS = {
     "swin_small_patch4_window7_224": 49_606_258,
     "swin_base_patch4_window7_224": 87_768_224,
     "swin_large_patch4_window7_224": 196_532_476,
+    "mixer_b16_224": 59_880_472,
+    "mixer_l16_224": 208_196_168,
     "lenet5": 61_706,  # C1 156 + C3 2,416 + C5 48,120 + F6 10,164 + output 850
 }
 

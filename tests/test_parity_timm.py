@@ -25,7 +25,9 @@ def test_timm_state_dict_logits_match(tmp_path, name):
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
 
 
-@pytest.mark.parametrize("name", ["convnext_tiny", "resnet50", "resnet18", "swin_tiny_patch4_window7_224"])
+@pytest.mark.parametrize(
+    "name", ["convnext_tiny", "resnet50", "resnet18", "swin_tiny_patch4_window7_224", "mixer_b16_224"]
+)
 def test_timm_cnn_state_dict_logits_match(tmp_path, name):
     ref = timm.create_model(name, pretrained=False, num_classes=10).eval()
     with torch.no_grad():
@@ -33,7 +35,7 @@ def test_timm_cnn_state_dict_logits_match(tmp_path, name):
             p.add_(torch.randn_like(p) * 0.02)
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "w.safetensors")
     ours = vitlab.create_model(name, pretrained=tmp_path / "w.safetensors", num_classes=10).eval()
-    size = getattr(ours.cfg, "img_size", 96) if name.startswith("swin") else 96
+    size = 224 if name.startswith(("swin", "mixer")) else 96  # fixed-size token grids
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         assert (ours(x) - ref(x)).abs().max().item() < 1e-4

@@ -9,8 +9,9 @@ from torch import nn
 class PatchEmbed(nn.Module):
     """Shapes: (B, C, H, W) -> (B, Hp*Wp, D) with Hp = H / patch, Wp = W / patch."""
 
-    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int, strict_size: bool = True) -> None:
         super().__init__()
+        self.strict_size = strict_size  # False: any multiple of the patch size (models without a position table)
         if img_size % patch_size != 0:
             raise ValueError(f"img_size={img_size} is not a multiple of patch_size={patch_size}")
         self.img_size = img_size
@@ -23,9 +24,13 @@ class PatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
-        if x.shape[-2:] != (self.img_size, self.img_size):
+        H, W = x.shape[-2:]
+        if not self.strict_size:
+            if H % self.patch_size or W % self.patch_size:
+                raise ValueError(f"image size {H}x{W} is not a multiple of patch_size={self.patch_size}")
+        elif (self.img_size, self.img_size) != (H, W):
             raise ValueError(
-                f"expected {self.img_size}x{self.img_size} images, got {x.shape[-2]}x{x.shape[-1]} "
+                f"expected {self.img_size}x{self.img_size} images, got {H}x{W} "
                 f"(create the model with img_size={x.shape[-1]} to resample its position embedding)"
             )
         x = self.proj(x)  # (B, D, Hp, Wp)

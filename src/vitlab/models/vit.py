@@ -36,7 +36,7 @@ class ViTConfig(ImageModelConfig):
     class_token: bool = True  # prepend a learned [class] token (ViT sec. 3.1)
     distilled: bool = False  # DeiT: a distillation token after the class token and a second head
     global_pool: str = "token"  # "token": head on the class token; "avg": mean of patch tokens (GAP variant)
-    pos_embed: str = "learned"  # "learned" 1-D table (ViT) or fixed 2-D "sincos" (MAE, big_vision)
+    pos_embed: str = "learned"  # "learned" 1-D table (ViT), fixed 2-D "sincos" (MAE, big_vision), "none" (CPVT)
     norm_eps: float = 1e-6  # LayerNorm epsilon: 1e-6 in JAX/timm, 1e-12 in HF transformers' configs
     drop_rate: float = 0.0  # dropout after position embedding, in MLPs and before the head
     attn_drop_rate: float = 0.0  # dropout on attention probabilities
@@ -48,8 +48,8 @@ class ViTConfig(ImageModelConfig):
         super().__post_init__()
         if self.global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
-        if self.pos_embed not in ("learned", "sincos"):
-            raise ValueError(f"pos_embed must be 'learned' or 'sincos', got {self.pos_embed!r}")
+        if self.pos_embed not in ("learned", "sincos", "none"):
+            raise ValueError(f"pos_embed must be 'learned', 'sincos' or 'none', got {self.pos_embed!r}")
         if self.global_pool == "token" and not self.class_token:
             raise ValueError("global_pool='token' needs class_token=True")
         if self.distilled and not self.class_token:
@@ -89,12 +89,16 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled)
         self.grad_checkpointing = False
 
-        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, D)
+        # Without a position table the model runs at any multiple of the patch size (CPVT).
+        strict = cfg.pos_embed != "none"
+        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, D, strict_size=strict)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distilled else None
         if cfg.pos_embed == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + num_patches, D))
+        elif cfg.pos_embed == "none":
+            self.pos_embed = None
         else:
             # Fixed table for the patch grid; prefix tokens get no position (as in MAE's zero row).
             table = sincos_pos_embed_2d(self.patch_embed.grid_size, D)
@@ -124,7 +128,7 @@ class VisionTransformer(nn.Module):
 
     # ----- public API -----------------------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
-        return {n for n in ("pos_embed", "cls_token", "dist_token") if isinstance(getattr(self, n), nn.Parameter)}
+        return {n for n in ("pos_embed", "cls_token", "dist_token") if isinstance(getattr(self, n, None), nn.Parameter)}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -150,7 +154,17 @@ class VisionTransformer(nn.Module):
         B = x.shape[0]
         prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
         x = torch.cat(prefix + [x], dim=1)  # (B, N, D), order [cls, dist, patches] as in DeiT
-        return self.pos_drop(x + self.pos_embed)
+        return self.pos_drop(x if self.pos_embed is None else x + self.pos_embed)
+
+    def _tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(tokens (B, N, D), patch grid (Hp, Wp))."""
+        p = self.cfg.patch_size
+        grid = (images.shape[-2] // p, images.shape[-1] // p)
+        return self._pos_embed(self.patch_embed(images)), grid
+
+    def _after_block(self, i: int, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Hook between blocks: nothing in ViT; CPVT's position generator after block 0."""
+        return x
 
     def _run_block(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
@@ -158,9 +172,9 @@ class VisionTransformer(nn.Module):
         return blk(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._pos_embed(self.patch_embed(x))
-        for blk in self.blocks:
-            x = self._run_block(blk, x)
+        x, grid = self._tokens(x)
+        for i, blk in enumerate(self.blocks):
+            x = self._after_block(i, self._run_block(blk, x), grid)
         return self.norm(x)  # (B, N, D)
 
     def forward_intermediates(
@@ -178,15 +192,14 @@ class VisionTransformer(nn.Module):
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
         take = stage_indices(indices, len(self.blocks))
-        x = self._pos_embed(self.patch_embed(x))
+        x, grid = self._tokens(x)
         intermediates = []
         for i, blk in enumerate(self.blocks):
-            x = self._run_block(blk, x)
+            x = self._after_block(i, self._run_block(blk, x), grid)
             if i in take:
                 y = self.norm(x) if norm else x
                 if output_fmt == "NCHW":
-                    g = self.patch_embed.grid_size
-                    y = y[:, self.num_prefix_tokens :].transpose(1, 2).reshape(x.shape[0], -1, g, g)  # (B, D, Hp, Wp)
+                    y = y[:, self.num_prefix_tokens :].transpose(1, 2).reshape(x.shape[0], -1, *grid)  # (B, D, Hp, Wp)
                 intermediates.append(y)
         if intermediates_only:
             return intermediates
