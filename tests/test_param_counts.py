@@ -27,11 +27,15 @@ COUNTS = {
     "swin_large_patch4_window7_224": 196_532_476,
     "mixer_b16_224": 59_880_472,
     "mixer_l16_224": 208_196_168,
+    "cvt_13_224": 19_997_480,
+    "cvt_21_224": 31_622_696,
     "lenet5": 61_706,  # C1 156 + C3 2,416 + C5 48,120 + F6 10,164 + output 850
 }
 
 # The papers' tables count multiply-adds ("FLOPs"); vitlab's counter must land within 3% of them.
 PAPER_GMACS = {
+    "cvt_13_224": 4.5,
+    "cvt_21_224": 7.1,
     "swin_tiny_patch4_window7_224": 4.5,
     "swin_small_patch4_window7_224": 8.7,
     "swin_base_patch4_window7_224": 15.4,

@@ -83,3 +83,24 @@ def test_swin_logits_match(tmp_path, image_size, window):
     ours = vitlab.create_model("swin_tiny_patch4_window7_224", pretrained=tmp_path)
     assert ours.cfg.depths == (2, 2, 2) and ours.cfg.window_size == window
     _compare(ref, ours, torch.randn(2, 3, image_size, image_size))
+
+
+def test_cvt_logits_match(tmp_path):
+    # depth[i] > i: HF's CvtStage indexes its per-block drop-path list by the stage number.
+    torch.manual_seed(0)
+    cfg = transformers.CvtConfig(
+        embed_dim=[16, 32, 48], num_heads=[1, 2, 3], depth=[1, 2, 3], num_labels=5, drop_path_rate=[0.0, 0.0, 0.0]
+    )
+    ref = _randomise(transformers.CvtForImageClassification(cfg))
+    ref.save_pretrained(tmp_path)
+    ours = vitlab.create_model("cvt_13_224", pretrained=tmp_path)
+    assert ours.cfg.depths == (1, 2, 3) and ours.num_classes == 5
+    _compare(ref, ours, torch.randn(2, 3, 64, 64))
+    _compare(ref, ours, torch.randn(1, 3, 96, 80))  # no position embedding: any size runs
+
+
+def test_cvt_class_token_only_in_last_stage():
+    m = vitlab.create_model("cvt_13_224")
+    assert [s.cls_token is not None for s in m.stages] == [False, False, True]
+    assert [s.blocks[0].attn.conv_proj_k.conv.stride for s in m.stages] == [(2, 2)] * 3
+    assert [s.blocks[0].attn.conv_proj_q.conv.stride for s in m.stages] == [(1, 1)] * 3

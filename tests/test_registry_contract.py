@@ -22,6 +22,7 @@ SHRINK = {
         depths=(2,) + (1,) * (len(cfg.depths) - 1), img_size=cfg.patch_size * 32, drop_path_rate=0.0
     ),  # fmt: skip
     "mixer": lambda cfg: dict(depth=2, img_size=cfg.patch_size * 4, drop_path_rate=0.0),
+    "cvt": lambda cfg: dict(depths=(1,) * len(cfg.depths), img_size=64, drop_path_rate=0.0),
     "classic_cnn": lambda cfg: dict(img_size=min(cfg.img_size, 96), dropout=0.0),
 }
 

@@ -73,9 +73,9 @@ def labels_from_config(config: dict, num_classes: int) -> list[str]:
 
 
 def all_converters() -> list[HfConverter]:
-    from vitlab.weights import convnext, resnet, swin, vit
+    from vitlab.weights import convnext, cvt, resnet, swin, vit
 
-    return [vit.HF, convnext.HF, resnet.HF, swin.HF]
+    return [vit.HF, convnext.HF, resnet.HF, swin.HF, cvt.HF]
 
 
 def find_by_model_type(model_type: str | None) -> HfConverter | None:

@@ -1,0 +1,73 @@
+"""Hugging Face transformers CvT checkpoints -> vitlab (official-repository-named) state dicts and configs."""
+
+from __future__ import annotations
+
+import torch
+
+from vitlab.errors import CheckpointError
+from vitlab.weights.hf import HfConverter, labels_from_config, rename
+
+_L = r"^encoder\.stages\.(\d+)\.layers\.(\d+)\."
+_A = _L + r"attention\.attention\."
+_RULES = [
+    (r"^encoder\.stages\.(\d+)\.embedding\.convolution_embeddings\.projection\.", r"stages.\1.patch_embed.proj."),
+    (r"^encoder\.stages\.(\d+)\.embedding\.convolution_embeddings\.normalization\.", r"stages.\1.patch_embed.norm."),
+    (r"^encoder\.stages\.(\d+)\.cls_token$", r"stages.\1.cls_token"),
+    (_A + r"convolution_projection_(query|key|value)\.convolution_projection\.convolution\.",
+     r"stages.\1.blocks.\2.attn.conv_proj_@\3.conv."),
+    (_A + r"convolution_projection_(query|key|value)\.convolution_projection\.normalization\.",
+     r"stages.\1.blocks.\2.attn.conv_proj_@\3.bn."),
+    (_A + r"projection_(query|key|value)\.", r"stages.\1.blocks.\2.attn.proj_@\3."),
+    (_L + r"attention\.output\.dense\.", r"stages.\1.blocks.\2.attn.proj."),
+    (_L + r"layernorm_before\.", r"stages.\1.blocks.\2.norm1."),
+    (_L + r"layernorm_after\.", r"stages.\1.blocks.\2.norm2."),
+    (_L + r"intermediate\.dense\.", r"stages.\1.blocks.\2.mlp.fc1."),
+    (_L + r"output\.dense\.", r"stages.\1.blocks.\2.mlp.fc2."),
+    (r"^layernorm\.", "norm."),
+    (r"^classifier\.", "head."),
+]  # fmt: skip
+
+
+def convert_cvt(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = rename(state, ("cvt.",), _RULES)
+    short = {"@query": "q", "@key": "k", "@value": "v"}
+    for long, s in short.items():
+        out = {k.replace(long, s): v for k, v in out.items()}
+    return out
+
+
+def cvt_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
+    n = len(config["depth"])
+    if list(config.get("cls_token", [False] * (n - 1) + [True])) != [False] * (n - 1) + [True]:
+        raise CheckpointError("config.json: CvT with a class token outside the last stage is not supported")
+    if set(config.get("qkv_projection_method", ["dw_bn"])) != {"dw_bn"}:
+        raise CheckpointError("config.json: only the 'dw_bn' (depthwise conv + BN) CvT projection is supported")
+    if set(config.get("stride_q", [1])) != {1} or len(set(config.get("stride_kv", [2]))) != 1:
+        raise CheckpointError("config.json: CvT needs stride_q = 1 and one stride_kv for all stages")
+    head = state.get("head.weight")
+    num_classes = head.shape[0] if head is not None else 0
+    return dict(
+        img_size=config.get("image_size", 224),
+        in_chans=config.get("num_channels", 3),
+        embed_dims=tuple(config["embed_dim"]),
+        depths=tuple(config["depth"]),
+        num_heads=tuple(config["num_heads"]),
+        patch_sizes=tuple(config["patch_sizes"]),
+        patch_strides=tuple(config["patch_stride"]),
+        patch_paddings=tuple(config["patch_padding"]),
+        kernel_qkv=config["kernel_qkv"][0],
+        stride_kv=config["stride_kv"][0],
+        mlp_ratio=config["mlp_ratio"][0],
+        qkv_bias=config["qkv_bias"][0],
+        num_classes=num_classes,
+        labels=labels_from_config(config, num_classes),
+    )
+
+
+HF = HfConverter(
+    family="cvt",
+    model_types=("cvt",),
+    marker="convolution_embeddings.projection.weight",
+    convert=convert_cvt,
+    arch=cvt_arch,
+)
