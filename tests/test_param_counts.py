@@ -63,6 +63,11 @@ def test_vit_huge_backbone_count():
     assert model_stats("vit_huge_patch14_224", flops=False).params == 630_764_800 + 1280 * 1000 + 1000
 
 
+def test_hybrid_r50_vit_b16_count():
+    # timm's vit_base_r50_s16_224 (in21k weights) is headless: 97,890,112; a 1000-class head adds 769,000
+    assert model_stats("vit_base_r50_s16_224", flops=False, num_classes=0).params == 97_890_112
+
+
 def test_flops_vit_b16():
     # 17.56 GMACs at 224 (timm's table: 17.6), counted by torch's flop counter.
     s = model_stats("vit_base_patch16_224")

@@ -11,7 +11,9 @@ import vitlab
 timm = pytest.importorskip("timm")
 
 
-@pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "vit_small_patch32_224"])
+@pytest.mark.parametrize(
+    "name", ["vit_tiny_patch16_224", "deit_tiny_distilled_patch16_224", "vit_small_patch32_224", "vit_base_r50_s16_224"]
+)
 def test_timm_state_dict_logits_match(tmp_path, name):
     ref = timm.create_model(name, pretrained=False, num_classes=10).eval()
     with torch.no_grad():

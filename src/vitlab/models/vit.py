@@ -89,9 +89,7 @@ class VisionTransformer(nn.Module):
         self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled)
         self.grad_checkpointing = False
 
-        # Without a position table the model runs at any multiple of the patch size (CPVT).
-        strict = cfg.pos_embed != "none"
-        self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, D, strict_size=strict)
+        self.patch_embed = self.make_patch_embed(cfg)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distilled else None
@@ -125,6 +123,13 @@ class VisionTransformer(nn.Module):
         if self.dist_token is not None:
             nn.init.trunc_normal_(self.dist_token, std=0.02)
         self.apply(_init_linear)
+
+    def make_patch_embed(self, cfg: ViTConfig) -> nn.Module:
+        """Images -> patch tokens (B, N, D); hybrid models put a CNN here."""
+        # Without a position table the model runs at any multiple of the patch size (CPVT).
+        return PatchEmbed(
+            cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim, strict_size=cfg.pos_embed != "none"
+        )
 
     # ----- public API -----------------------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
