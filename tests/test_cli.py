@@ -39,7 +39,7 @@ def test_train_prints_accuracy(trained_run, capsys):
 def test_models_table(capsys):
     assert main(["models", "vit_base_patch16_224"]) == 0
     text = capsys.readouterr().out
-    assert "86,567,656" in text and "35.13" in text and "17.56" in text
+    assert "86,567,656" in text and "35.128" in text and "17.564" in text
     assert main(["models", "nothing_like_this*"]) == 1
 
 

@@ -102,7 +102,7 @@ def test_bad_config_values(tmp_path):
         ("resnet18", 32),
         ("convnext_micro_32", 32),
         ("alexnet", 64),
-        ("swin_micro_patch2_window4_32", 32),
+        ("swin_micro_patch4_window4_32", 32),
     ],
 )
 def test_cnn_families_train_on_digits(tmp_path, name, img_size):

@@ -59,9 +59,9 @@ def test_relative_position_index_by_hand():
 
 
 def test_small_feature_map_rule():
-    m = vitlab.create_model("swin_micro_patch2_window4_32")
+    m = vitlab.create_model("swin_micro_patch4_window4_32")
     stages = [[(b.window_size, b.shift_size) for b in stage.blocks] for stage in m.layers]
-    assert stages == [[(4, 0), (4, 2)], [(4, 0), (4, 2)], [(4, 0), (4, 0)]]  # 16, 8, then a 4x4 map: no shift
+    assert stages == [[(4, 0), (4, 2)], [(4, 0), (4, 0)], [(2, 0), (2, 0)]]  # maps 8, 4 (= window), 2 (< window)
     t = vitlab.create_model("swin_tiny_patch4_window7_224", img_size=112)  # maps 28, 14, 7, 4
     assert [(b.window_size, b.shift_size) for b in t.layers[3].blocks] == [(4, 0), (4, 0)]
     assert t(torch.randn(1, 3, 112, 112)).shape == (1, 1000)

@@ -253,10 +253,18 @@ _VARIANTS = {
     "swin_base_patch4_window7_224": dict(**_B, depths=(2, 2, 18, 2)),
     "swin_base_patch4_window12_384": dict(**_B, depths=(2, 2, 18, 2), window_size=12, img_size=384),
     "swin_large_patch4_window7_224": dict(embed_dim=192, num_heads=(6, 12, 24, 48), depths=(2, 2, 18, 2)),
-    # 32x32 inputs (digits upsampled, CIFAR): maps 16/8/4, the last one equal to the window (no shift there).
-    "swin_micro_patch2_window4_32": dict(
-        img_size=32, patch_size=2, embed_dim=48, depths=(2, 2, 2), num_heads=(3, 6, 12), window_size=4, num_classes=10
-    ),
+    # 32x32 inputs (digits upsampled, CIFAR): maps 8/4/2; the second equals the window (no shift), the third is
+    # smaller (the window shrinks to 2).
+    "swin_micro_patch4_window4_32": dict(
+        img_size=32,
+        patch_size=4,
+        embed_dim=64,
+        depths=(2, 2, 2),
+        num_heads=(2, 4, 8),
+        window_size=4,
+        num_classes=10,
+        drop_path_rate=0.0,
+    ),  # fmt: skip
 }
 
 
