@@ -40,6 +40,16 @@ def register_model(name: str | None = None, *, family: str = "", config_cls: typ
     return wrap
 
 
+def register_variants(variants: dict[str, dict], *, family: str, config_cls: type, model_cls: type) -> None:
+    """Register `name -> model_cls(config_cls(**defaults, **overrides))` for each entry of `variants`."""
+    for name, defaults in variants.items():
+
+        def factory(_defaults=defaults, **overrides) -> nn.Module:
+            return model_cls(config_cls(**{**_defaults, **overrides}))
+
+        register_model(name, family=family, config_cls=config_cls)(factory)
+
+
 def _ensure_models_imported() -> None:
     import vitlab.models  # noqa: F401  (registration happens on import, not at vitlab import time)
 

@@ -24,6 +24,29 @@ class ImageModelConfig:
         self.mean, self.std = tuple(self.mean), tuple(self.std)
 
 
+class ClassifierMixin:
+    """The classifier half of the model API for single-head models; `head_name` is the head's attribute path."""
+
+    head_name: str = "head"
+
+    def no_weight_decay(self) -> set[str]:
+        return set()  # 1-D parameters (norms, biases, layer scales) are exempt anyway; models add their tokens
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute activations in backward: every part of the model that supports it (stages, blocks) switches."""
+        for m in self.modules():
+            if hasattr(m, "grad_checkpointing"):
+                m.grad_checkpointing = enable
+
+    def get_classifier_names(self) -> list[str]:
+        return [self.head_name]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = self.cfg.num_classes = num_classes
+        owner, _, name = self.head_name.rpartition(".")
+        setattr(self.get_submodule(owner), name, make_head(self.num_features, num_classes, like=self))
+
+
 def make_head(in_features: int, num_classes: int, like: nn.Module | None = None) -> nn.Module:
     """A zero-initialised linear classifier (uniform first predictions), or Identity for num_classes=0."""
     if num_classes <= 0:

@@ -16,8 +16,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import DropPath, Mlp
-from vitlab.models.base import ImageModelConfig, check_images, init_trunc_normal, make_head, stage_indices
-from vitlab.registry import register_model
+from vitlab.models.base import (
+    ClassifierMixin,
+    ImageModelConfig,
+    check_images,
+    init_trunc_normal,
+    make_head,
+    stage_indices,
+)
+from vitlab.registry import register_variants
 
 
 @dataclass
@@ -93,8 +100,10 @@ class Head(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(ClassifierMixin, nn.Module):
     """Shapes: (B, C, H, W) -> features (B, dims[-1], H/32, W/32) -> logits (B, num_classes)."""
+
+    head_name = "head.fc"
 
     def __init__(self, cfg: ConvNeXtConfig) -> None:
         super().__init__()
@@ -114,20 +123,6 @@ class ConvNeXt(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.apply(init_trunc_normal)
         self.head = Head(self.num_features, cfg.num_classes, cfg.head_norm_eps)
-
-    def no_weight_decay(self) -> set[str]:
-        return set()  # every 1-D parameter (norms, biases, layer scales) is already exempt
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.stages:
-            stage.grad_checkpointing = enable
-
-    def get_classifier_names(self) -> list[str]:
-        return ["head.fc"]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = self.cfg.num_classes = num_classes
-        self.head.fc = make_head(self.num_features, num_classes, like=self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x, self.cfg.in_chans)
@@ -165,9 +160,4 @@ _VARIANTS = {
 }
 
 
-def _build(defaults: dict):
-    return lambda **overrides: ConvNeXt(ConvNeXtConfig(**{**defaults, **overrides}))
-
-
-for _name, _defaults in _VARIANTS.items():
-    register_model(_name, family="convnext", config_cls=ConvNeXtConfig)(_build(_defaults))
+register_variants(_VARIANTS, family="convnext", config_cls=ConvNeXtConfig, model_cls=ConvNeXt)

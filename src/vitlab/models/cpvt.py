@@ -14,7 +14,7 @@ from torch import nn
 
 from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
 from vitlab.models.vit import VisionTransformer, ViTConfig
-from vitlab.registry import register_model
+from vitlab.registry import register_variants
 
 
 class PEG(nn.Module):
@@ -64,9 +64,4 @@ _VARIANTS = {
 }
 
 
-def _build(defaults: dict):
-    return lambda **overrides: CPVT(ViTConfig(**{**defaults, **overrides}))
-
-
-for _name, _defaults in _VARIANTS.items():
-    register_model(_name, family="vit", config_cls=ViTConfig)(_build(_defaults))
+register_variants(_VARIANTS, family="vit", config_cls=ViTConfig, model_cls=CPVT)

@@ -20,8 +20,15 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import DropPath, Mlp
-from vitlab.models.base import ImageModelConfig, check_images, init_trunc_normal, make_head, stage_indices
-from vitlab.registry import register_model
+from vitlab.models.base import (
+    ClassifierMixin,
+    ImageModelConfig,
+    check_images,
+    init_trunc_normal,
+    make_head,
+    stage_indices,
+)
+from vitlab.registry import register_variants
 
 
 @dataclass
@@ -156,7 +163,7 @@ class CvTStage(nn.Module):
         return x.transpose(1, 2).reshape(B, C, H, W), cls
 
 
-class CvT(nn.Module):
+class CvT(ClassifierMixin, nn.Module):
     """Shapes: (B, C, H, W) -> features: class token (B, 1, D) (or the last map's tokens) -> logits."""
 
     def __init__(self, cfg: CvTConfig) -> None:
@@ -178,17 +185,6 @@ class CvT(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {f"stages.{len(self.stages) - 1}.cls_token"}
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for s in self.stages:
-            s.grad_checkpointing = enable
-
-    def get_classifier_names(self) -> list[str]:
-        return ["head"]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = self.cfg.num_classes = num_classes
-        self.head = make_head(self.num_features, num_classes, like=self)
 
     def attention_layers(self) -> list[ConvAttention]:
         return [blk.attn for s in self.stages for blk in s.blocks]
@@ -240,9 +236,4 @@ _VARIANTS = {
 }
 
 
-def _build(defaults: dict):
-    return lambda **overrides: CvT(CvTConfig(**{**defaults, **overrides}))
-
-
-for _name, _defaults in _VARIANTS.items():
-    register_model(_name, family="cvt", config_cls=CvTConfig)(_build(_defaults))
+register_variants(_VARIANTS, family="cvt", config_cls=CvTConfig, model_cls=CvT)

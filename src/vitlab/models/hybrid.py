@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.models.vit import VisionTransformer, ViTConfig
-from vitlab.registry import register_model
+from vitlab.registry import register_variants
 
 
 def same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
@@ -158,9 +158,4 @@ _VARIANTS = {
 }
 
 
-def _build(defaults: dict):
-    return lambda **overrides: HybridViT(ViTConfig(**{**defaults, **overrides}))
-
-
-for _name, _defaults in _VARIANTS.items():
-    register_model(_name, family="vit", config_cls=ViTConfig)(_build(_defaults))
+register_variants(_VARIANTS, family="vit", config_cls=ViTConfig, model_cls=HybridViT)

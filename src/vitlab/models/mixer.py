@@ -14,8 +14,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import DropPath, Mlp, PatchEmbed
-from vitlab.models.base import HALF, ImageModelConfig, init_trunc_normal, make_head, stage_indices
-from vitlab.registry import register_model
+from vitlab.models.base import HALF, ClassifierMixin, ImageModelConfig, init_trunc_normal, make_head, stage_indices
+from vitlab.registry import register_variants
 
 
 @dataclass
@@ -47,7 +47,7 @@ class MixerBlock(nn.Module):
         return x + self.drop_path(self.mlp_channels(self.norm2(x)))  # mixes along C
 
 
-class MlpMixer(nn.Module):
+class MlpMixer(ClassifierMixin, nn.Module):
     def __init__(self, cfg: MixerConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -61,19 +61,6 @@ class MlpMixer(nn.Module):
         self.apply(init_trunc_normal)
         self.head = make_head(cfg.embed_dim, cfg.num_classes)  # zero-initialised, as in the JAX code
         self.grad_checkpointing = False
-
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier_names(self) -> list[str]:
-        return ["head"]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = self.cfg.num_classes = num_classes
-        self.head = make_head(self.num_features, num_classes, like=self)
 
     def _blocks(self, x: torch.Tensor, take: set[int] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
         feats = []
@@ -123,9 +110,4 @@ _VARIANTS = {
 }
 
 
-def _build(defaults: dict):
-    return lambda **overrides: MlpMixer(MixerConfig(**{**defaults, **overrides}))
-
-
-for _name, _defaults in _VARIANTS.items():
-    register_model(_name, family="mixer", config_cls=MixerConfig)(_build(_defaults))
+register_variants(_VARIANTS, family="mixer", config_cls=MixerConfig, model_cls=MlpMixer)

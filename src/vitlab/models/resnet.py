@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vitlab.models.base import HALF, ImageModelConfig, check_images, make_head, stage_indices
-from vitlab.registry import register_model
+from vitlab.models.base import HALF, ClassifierMixin, ImageModelConfig, check_images, make_head, stage_indices
+from vitlab.registry import register_model, register_variants
 
 
 # ----- ResNet ------------------------------------------------------------------------------------------------------
@@ -91,8 +91,10 @@ def _shortcut(in_ch: int, out: int, stride: int) -> nn.Module | None:
     return nn.Sequential(nn.Conv2d(in_ch, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
 
 
-class ResNet(nn.Module):
+class ResNet(ClassifierMixin, nn.Module):
     """Shapes: (B, C, H, W) -> features (B, 512 x expansion, H/32, W/32) -> logits (B, num_classes)."""
+
+    head_name = "fc"
 
     def __init__(self, cfg: ResNetConfig) -> None:
         super().__init__()
@@ -124,19 +126,6 @@ class ResNet(nn.Module):
     @property
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(len(self.cfg.layers))]
-
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier_names(self) -> list[str]:
-        return ["fc"]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = self.cfg.num_classes = num_classes
-        self.fc = make_head(self.num_features, num_classes, like=self)
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x, self.cfg.in_chans)
@@ -181,27 +170,16 @@ class ClassicCNNConfig(ImageModelConfig):
     dropout: float = 0.5  # AlexNet's dropout before each hidden fully connected layer (sec. 4.2); unused by LeNet
 
 
-class _ClassicCNN(nn.Module):
+class _ClassicCNN(ClassifierMixin, nn.Module):
     """Shared API of the two plain CNNs: `features` (conv stack) -> flatten -> `classifier` (MLP with `fc` last)."""
+
+    head_name = "fc"
 
     def _init_api(self, cfg: ClassicCNNConfig, num_features: int) -> None:
         self.cfg = cfg
         self.num_classes = cfg.num_classes
         self.num_features = num_features
         self.grad_checkpointing = False
-
-    def no_weight_decay(self) -> set[str]:
-        return set()
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def get_classifier_names(self) -> list[str]:
-        return ["fc"]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = self.cfg.num_classes = num_classes
-        self.fc = make_head(self.num_features, num_classes, like=self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x, self.cfg.in_chans)
@@ -278,10 +256,7 @@ _RESNETS = {
     "resnet101": dict(block="bottleneck", layers=(3, 4, 23, 3)),
 }
 
-for _name, _defaults in _RESNETS.items():
-    register_model(_name, family="resnet", config_cls=ResNetConfig)(
-        lambda _d=_defaults, **kw: ResNet(ResNetConfig(**{**_d, **kw}))
-    )
+register_variants(_RESNETS, family="resnet", config_cls=ResNetConfig, model_cls=ResNet)
 
 
 @register_model(family="classic_cnn", config_cls=ClassicCNNConfig)

@@ -22,9 +22,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import DropPath, Mlp
-from vitlab.models.base import ImageModelConfig, check_images, init_trunc_normal, make_head, stage_indices
+from vitlab.models.base import (
+    ClassifierMixin,
+    ImageModelConfig,
+    check_images,
+    init_trunc_normal,
+    make_head,
+    stage_indices,
+)
 from vitlab.ops.windows import relative_position_index, shifted_window_mask, window_partition, window_reverse
-from vitlab.registry import register_model
+from vitlab.registry import register_variants
 
 
 @dataclass
@@ -167,8 +174,10 @@ class SwinPatchEmbed(nn.Module):
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
-class SwinTransformer(nn.Module):
+class SwinTransformer(ClassifierMixin, nn.Module):
     """Shapes: (B, C, H, W) -> features (B, H/32, W/32, 8C) channels-last -> logits (B, num_classes)."""
+
+    head_name = "head.fc"
 
     def __init__(self, cfg: SwinConfig) -> None:
         super().__init__()
@@ -193,17 +202,6 @@ class SwinTransformer(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {n for n, _ in self.named_parameters() if n.endswith("relative_position_bias_table")}
-
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.layers:
-            stage.grad_checkpointing = enable
-
-    def get_classifier_names(self) -> list[str]:
-        return ["head.fc"]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = self.cfg.num_classes = num_classes
-        self.head.fc = make_head(self.num_features, num_classes, like=self)
 
     def attention_layers(self) -> list[WindowAttention]:
         return [blk.attn for stage in self.layers for blk in stage.blocks]
@@ -268,9 +266,4 @@ _VARIANTS = {
 }
 
 
-def _build(defaults: dict):
-    return lambda **overrides: SwinTransformer(SwinConfig(**{**defaults, **overrides}))
-
-
-for _name, _defaults in _VARIANTS.items():
-    register_model(_name, family="swin", config_cls=SwinConfig)(_build(_defaults))
+register_variants(_VARIANTS, family="swin", config_cls=SwinConfig, model_cls=SwinTransformer)

@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 from vitlab.layers import Attention, DropPath, Mlp, PatchEmbed, resample_pos_embed, sincos_pos_embed_2d
 from vitlab.models.base import HALF, IMAGENET_MEAN, IMAGENET_STD, ImageModelConfig, make_head, stage_indices
 from vitlab.models.outputs import DistilledLogits
-from vitlab.registry import register_model
+from vitlab.registry import register_variants
 
 
 @dataclass
@@ -253,13 +253,6 @@ def _init_linear(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _vit(**defaults):
-    def build(**overrides) -> VisionTransformer:
-        return VisionTransformer(ViTConfig(**{**defaults, **overrides}))
-
-    return build
-
-
 # ----- registered variants: timm's names and sizes (REFERENCE.md, ViT Table 1) ------------------------------------
 _TI = dict(embed_dim=192, depth=12, num_heads=3)
 _S = dict(embed_dim=384, depth=12, num_heads=6)
@@ -301,5 +294,4 @@ _VARIANTS: dict[str, dict] = {
     "vit_mini_patch4_32": dict(img_size=32, patch_size=4, num_classes=10, embed_dim=192, depth=6, num_heads=3),
 }
 
-for _name, _defaults in _VARIANTS.items():
-    register_model(_name, family="vit", config_cls=ViTConfig)(_vit(**_defaults))
+register_variants(_VARIANTS, family="vit", config_cls=ViTConfig, model_cls=VisionTransformer)
