@@ -8,7 +8,7 @@ import sys
 
 from vitlab.errors import VitlabError
 
-SUBCOMMANDS = ("train", "eval", "predict", "models")
+SUBCOMMANDS = ("train", "eval", "predict", "models", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

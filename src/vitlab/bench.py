@@ -1,0 +1,208 @@
+"""Throughput benchmarks: vitlab beside timm and HF transformers, measured alternately in one run.
+
+Only ratios measured in the same run compare: a busy machine slows every peer alike. FLOPs come from
+`vitlab.profiling` (the same architecture for every peer), so achieved GFLOP/s and the fraction of the machine's
+GEMM peak (MFU) are comparable too.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vitlab.profiling import model_stats
+from vitlab.registry import create_model
+
+
+@dataclass
+class PeerResult:
+    peer: str
+    img_s: float  # median inference images per second
+    p50_ms: float  # median latency of one batch
+    p90_ms: float
+    train_img_s: float | None = None  # forward + backward + AdamW step
+    peak_mem_mb: float | None = None  # CUDA only: max allocated while this peer ran
+    gflops_s: float = 0.0
+    mfu: float = 0.0  # achieved / GEMM peak
+
+
+@dataclass
+class BenchResult:
+    model: str
+    params: int
+    gflops: float  # per image, forward
+    peers: list[PeerResult] = field(default_factory=list)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def gemm_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Best GFLOP/s of an n x n x n matrix product: the machine's practical ceiling for these models."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def hf_peer(name: str, model: nn.Module) -> Callable | None:
+    """The same architecture in HF transformers, random-initialised, or None where HF has no equivalent."""
+    try:
+        import transformers as T
+    except ImportError:
+        return None
+    cfg, fam = model.cfg, type(model).__name__
+    common = dict(num_labels=max(cfg.num_classes, 1), image_size=cfg.img_size, num_channels=cfg.in_chans)
+    if fam == "VisionTransformer" and not cfg.distilled and cfg.global_pool == "token" and cfg.pos_embed == "learned":
+        c = T.ViTConfig(hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth, num_attention_heads=cfg.num_heads,
+                        intermediate_size=int(cfg.embed_dim * cfg.mlp_ratio), patch_size=cfg.patch_size,
+                        layer_norm_eps=cfg.norm_eps, **common)  # fmt: skip
+        m = T.ViTForImageClassification(c)
+    elif fam == "SwinTransformer":
+        last_map = cfg.img_size // cfg.patch_size // 2 ** (len(cfg.depths) - 1)
+        if last_map < cfg.window_size:  # HF's Swin cannot run a map smaller than its window
+            return None
+        c = T.SwinConfig(embed_dim=cfg.embed_dim, depths=list(cfg.depths), num_heads=list(cfg.num_heads),
+                         window_size=cfg.window_size, patch_size=cfg.patch_size, **common)  # fmt: skip
+        m = T.SwinForImageClassification(c)
+    elif fam == "ConvNeXt":
+        c = T.ConvNextConfig(depths=list(cfg.depths), hidden_sizes=list(cfg.dims), patch_size=cfg.patch_size, **common)
+        m = T.ConvNextForImageClassification(c)
+    elif fam == "ResNet":
+        exp = 4 if cfg.block == "bottleneck" else 1
+        c = T.ResNetConfig(depths=list(cfg.layers), hidden_sizes=[w * exp for w in cfg.widths],
+                           layer_type=cfg.block, embedding_size=cfg.stem_width, **common)  # fmt: skip
+        m = T.ResNetForImageClassification(c)
+    else:
+        return None
+    m.eval()
+    return _Logits(m)
+
+
+class _Logits(nn.Module):
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m(pixel_values=x).logits
+
+
+def timm_peer(name: str) -> nn.Module | None:
+    try:
+        import timm
+    except ImportError:
+        return None
+    try:
+        return timm.create_model(name, pretrained=False).eval()
+    except RuntimeError:  # unknown to timm
+        return None
+
+
+def _time_inference(m: nn.Module, x: torch.Tensor, iters: int) -> list[float]:
+    times = []
+    with torch.inference_mode():
+        for _ in range(iters):
+            _sync(x.device)
+            t = time.perf_counter()
+            m(x)
+            _sync(x.device)
+            times.append(time.perf_counter() - t)
+    return times
+
+
+class _Trainer:
+    """One optimisation step at a time, so the benchmark can alternate peers (warm-up step on creation)."""
+
+    def __init__(self, m: nn.Module, x: torch.Tensor) -> None:
+        self.m, self.x = m, x
+        self.opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+        self.y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        self.step()  # allocates gradients and optimiser state
+
+    def step(self) -> float:
+        self.m.train()
+        _sync(self.x.device)
+        t = time.perf_counter()
+        nn.functional.cross_entropy(self.m(self.x).float(), self.y).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        _sync(self.x.device)
+        self.m.eval()
+        return time.perf_counter() - t
+
+
+def benchmark(
+    name: str,
+    batch_size: int = 8,
+    img_size: int | None = None,
+    precision: str = "fp32",
+    device: str = "cpu",
+    vs: tuple[str, ...] = ("timm", "hf"),
+    reps: int = 5,
+    iters: int = 2,
+    train: bool = False,
+    compile: bool = False,
+    peak_gflops: float | None = None,
+) -> BenchResult:
+    dev = torch.device(device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    stats = model_stats(name, img_size)
+    ours = create_model(name, img_size=img_size).eval()
+    peers: dict[str, nn.Module] = {"vitlab": ours}
+    if "timm" in vs and (t := timm_peer(name)) is not None and img_size in (None, ours.cfg.img_size):
+        peers["timm"] = t
+    if "hf" in vs and (h := hf_peer(name, ours)) is not None:
+        peers["hf"] = h
+    for k in peers:
+        peers[k] = peers[k].to(dev, dtype)
+        if compile:
+            peers[k] = torch.compile(peers[k])
+    S = ours.cfg.img_size
+    x = torch.randn(batch_size, ours.cfg.in_chans, S, S, device=dev, dtype=dtype)
+    for m in peers.values():  # warm-up (and compilation)
+        _time_inference(m, x, 1)
+    times: dict[str, list[float]] = {k: [] for k in peers}
+    for _ in range(reps):  # alternate peers so drift in machine speed hits all of them alike
+        for k, m in peers.items():
+            times[k] += _time_inference(m, x, iters)
+    mem = {}
+    if dev.type == "cuda":
+        for k, m in peers.items():
+            torch.cuda.reset_peak_memory_stats(dev)
+            _time_inference(m, x, 1)
+            mem[k] = torch.cuda.max_memory_allocated(dev) / 2**20
+    train_times: dict[str, list[float]] = {}
+    if train:
+        trainers = {k: _Trainer(m, x) for k, m in peers.items()}
+        train_times = {k: [] for k in peers}
+        for _ in range(reps):
+            for k, t in trainers.items():
+                train_times[k].append(t.step())
+    result = BenchResult(name, stats.params, stats.flops / 1e9)
+    peak = peak_gflops or gemm_peak(dev, dtype)
+    for k in peers:
+        med = statistics.median(times[k])
+        ts = sorted(times[k])
+        r = PeerResult(k, batch_size / med, med * 1e3, ts[min(len(ts) - 1, int(0.9 * len(ts)))] * 1e3)
+        if train:
+            r.train_img_s = batch_size / statistics.median(train_times[k])
+        r.peak_mem_mb = mem.get(k)
+        r.gflops_s = r.img_s * stats.flops / 1e9
+        r.mfu = r.gflops_s / peak
+        result.peers.append(r)
+    return result

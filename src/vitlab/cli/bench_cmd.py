@@ -1,0 +1,57 @@
+"""`vitlab bench`: inference (and training) throughput beside timm and HF transformers, with ratios and MFU."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark models against timm / HF transformers in one run")
+    p.add_argument("--models", default="vit_small_patch16_224", help="registered name or shell pattern")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--img-size", type=int, default=None)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--vs", default="timm,hf", help="peers to measure beside vitlab (comma-separated; '' for none)")
+    p.add_argument("--reps", type=int, default=5, help="alternating rounds over the peers")
+    p.add_argument("--iters", type=int, default=2, help="batches per peer per round")
+    p.add_argument("--train", action="store_true", help="also time forward + backward + AdamW step")
+    p.add_argument("--compile", action="store_true", help="torch.compile every peer")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vitlab.bench import benchmark, gemm_peak
+    from vitlab.errors import ConfigError
+    from vitlab.registry import get_entry, list_models
+
+    names = list_models(args.models) if any(c in args.models for c in "*?[") else [get_entry(args.models).name]
+    if not names:
+        raise ConfigError(f"--models {args.models!r} matches no registered model")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
+    peak = gemm_peak(torch.device(args.device), dtype)
+    vs = tuple(v for v in args.vs.split(",") if v)
+    print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.precision}, "
+          f"batch {args.batch_size}; GEMM peak {peak:.1f} GFLOP/s")  # fmt: skip
+    head = f"{'model':<32} {'peer':<7} {'img/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'train/s':>8} {'mem MB':>8} "
+    print(head + f"{'GFLOP/s':>8} {'MFU':>6} {'vitlab/peer':>11}")
+    for name in names:
+        r = benchmark(name, args.batch_size, args.img_size, args.precision, args.device, vs, args.reps, args.iters,
+                      args.train, args.compile, peak)  # fmt: skip
+        ours = r.peers[0]
+        for p in r.peers:
+            ratio = "" if p.peer == "vitlab" else f"{ours.img_s / p.img_s:.3f}"
+            if p.peer != "vitlab" and p.train_img_s and ours.train_img_s:
+                ratio += f" (train {ours.train_img_s / p.train_img_s:.3f})"
+            tr = f"{p.train_img_s:8.2f}" if p.train_img_s else f"{'-':>8}"
+            mem = f"{p.peak_mem_mb:8.0f}" if p.peak_mem_mb is not None else f"{'-':>8}"
+            print(f"{name:<32} {p.peer:<7} {p.img_s:8.2f} {p.p50_ms:8.1f} {p.p90_ms:8.1f} {tr} "
+                  f"{mem} {p.gflops_s:8.1f} {p.mfu:6.1%} {ratio:>11}")  # fmt: skip
+        print(f"{'':<32} params {r.params:,}, {r.gflops:.2f} GFLOPs per image")
+    if args.device == "cpu":
+        import resource
+
+        print(f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (all peers)")
+    return 0
