@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     if cfg.clip_grad == 0:
         cfg.clip_grad = None
     result = train(cfg)
+    if not result.is_main:
+        return 0
     if result.final is None:
         print(f"stopped after epoch {result.metrics[-1]['epoch']}; continue with --resume --out {result.out}")
         return 0

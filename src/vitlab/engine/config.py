@@ -25,6 +25,7 @@ class TrainConfig:
     freeze_backbone: bool = _f(False, "train only the new head (transfer learning: feature extractor frozen)")
     unfreeze_epoch: int | None = _f(None, "with --freeze-backbone: fine-tune everything from this epoch on")
     label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy")
+    no_augment: bool = _f(False, "no random flips, crops or affine warps (deterministic inputs)")
     mixup: float = _f(0.0, "mixup alpha, 0 = off (DeiT: 0.8)")
     cutmix: float = _f(0.0, "cutmix alpha, 0 = off (DeiT: 1.0)")
     drop_path: float | None = _f(None, "stochastic depth rate (default: the model's)")

@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from vitlab.data import ImageTransform, TransformedDataset, load_data
 from vitlab.engine.config import TrainConfig
+from vitlab.engine.distributed import DistContext, all_reduce_sum, barrier, init_distributed, shutdown
 from vitlab.engine.ema import ModelEma
 from vitlab.engine.evaluate import EvalResult, evaluate
 from vitlab.engine.mixup import mix_batch
@@ -45,11 +47,14 @@ class TrainResult:
     final: EvalResult | None  # None when the run stopped early (--stop-after) before its last epoch
     metrics: list[dict]
     seconds: float
+    is_main: bool = True  # False on the other ranks of a torchrun job (they write and report nothing)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", ctx.local_rank) if ctx and ctx.enabled else torch.device("cuda")
+        return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -75,12 +80,12 @@ def _check(cfg: TrainConfig) -> None:
         raise ConfigError("--unfreeze-epoch needs --freeze-backbone")
 
 
-def _seed_epoch(seed: int, epoch: int, loader_gen: torch.Generator) -> np.random.Generator:
-    """All randomness of an epoch derives from (seed, epoch): a resumed run replays it exactly."""
+def _seed_epoch(seed: int, epoch: int, loader_gen: torch.Generator, rank: int) -> np.random.Generator:
+    """All randomness of an epoch derives from (seed, epoch, rank): a resumed run replays it exactly."""
     s = seed * 100_003 + epoch
-    torch.manual_seed(s)
-    loader_gen.manual_seed(s)
-    return np.random.default_rng([seed, epoch])
+    torch.manual_seed(s + 1_000_003 * rank)  # augmentation and dropout differ between ranks
+    loader_gen.manual_seed(s)  # the shuffle does not (DistributedSampler splits one permutation)
+    return np.random.default_rng([seed, epoch, rank])
 
 
 def build_teacher(cfg: TrainConfig, device: torch.device) -> nn.Module:
@@ -101,6 +106,15 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
+    """Train in this process, or as one rank of a `torchrun` job (then only rank 0 writes and logs)."""
+    ctx = init_distributed(cfg.device)
+    try:
+        return _train(cfg, ctx)
+    finally:
+        shutdown(ctx)
+
+
+def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     t_start = time.perf_counter()
     out = Path(cfg.out)
     if cfg.resume:
@@ -112,7 +126,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     elif (out / STATE_JSON).exists() or (out / "config.json").exists():
         raise ConfigError(f"--out {out} already holds a run; pass --resume to continue it or choose another --out")
     _check(cfg)
-    device = resolve_device(cfg.device)
+    barrier(ctx)  # every rank has checked --out before rank 0 writes into it
+    device = resolve_device(cfg.device, ctx)
+    if ctx.enabled and cfg.teacher:
+        raise ConfigError("--teacher with torchrun is not supported yet: distil in one process")
 
     # Everything that can fail on bad input happens before the run directory is touched.
     torch.manual_seed(cfg.seed)
@@ -126,16 +143,20 @@ def train(cfg: TrainConfig) -> TrainResult:
     model.to(device)
     mcfg = model.cfg
     natural = splits.natural_images
+    aug = not cfg.no_augment
     train_tf = ImageTransform(
-        mcfg.img_size, mcfg.in_chans, mcfg.mean, mcfg.std, train=True, hflip=natural, affine=not natural
+        mcfg.img_size, mcfg.in_chans, mcfg.mean, mcfg.std, train=aug, hflip=natural, affine=not natural
     )
     test_tf = ImageTransform(mcfg.img_size, mcfg.in_chans, mcfg.mean, mcfg.std, train=False)
     train_set, test_set = TransformedDataset(splits.train, train_tf), TransformedDataset(splits.test, test_tf)
     train_set[0], test_set[0]  # channel / size problems surface here, not mid-epoch  # noqa: B018
     loader_gen = torch.Generator()
+    sampler = None
+    if ctx.enabled:  # --batch-size is per process; the global batch is world_size times larger
+        sampler = DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed)
     train_loader = DataLoader(
-        train_set, cfg.batch_size, shuffle=True, drop_last=len(train_set) > cfg.batch_size,
-        num_workers=cfg.workers, generator=loader_gen,
+        train_set, cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+        drop_last=len(train_set) > cfg.batch_size * ctx.world_size, num_workers=cfg.workers, generator=loader_gen,
     )  # fmt: skip
     test_loader = DataLoader(test_set, max(cfg.batch_size, 256), num_workers=cfg.workers)
 
@@ -149,6 +170,10 @@ def train(cfg: TrainConfig) -> TrainResult:
     schedule = warmup_cosine(total, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema else None
+    # The method calls the DDP wrapper (gradients averaged across ranks); the bare model is saved and evaluated.
+    step_model = DistributedDataParallel(model) if ctx.enabled else model
+    if not ctx.is_main:
+        logging.getLogger("vitlab").setLevel(logging.WARNING)
 
     start_epoch = 1
     if cfg.resume:
@@ -156,10 +181,11 @@ def train(cfg: TrainConfig) -> TrainResult:
             out, model=model, optimizer=optimizer, scheduler=scheduler, ema_model=ema.module if ema else None
         )
         start_epoch = state["epoch"] + 1
-        kept = [m for m in read_metrics(out / "metrics.jsonl") if m["epoch"] <= state["epoch"]]
-        _write_metrics(out, kept)
+        if ctx.is_main:
+            kept = [m for m in read_metrics(out / "metrics.jsonl") if m["epoch"] <= state["epoch"]]
+            _write_metrics(out, kept)
         log.info("resuming %s at epoch %d of %d", out, start_epoch, cfg.epochs)
-    else:
+    elif ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
@@ -170,23 +196,27 @@ def train(cfg: TrainConfig) -> TrainResult:
     )  # fmt: skip
     result: EvalResult | None = None
     for epochs_run, epoch in enumerate(range(start_epoch, cfg.epochs + 1), start=1):
-        rng = _seed_epoch(cfg.seed, epoch, loader_gen)
+        rng = _seed_epoch(cfg.seed, epoch, loader_gen, ctx.rank)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         if cfg.freeze_backbone:
             set_backbone_trainable(model, cfg.unfreeze_epoch is not None and epoch >= cfg.unfreeze_epoch)
         stats = train_one_epoch(
-            model, method, train_loader, optimizer, scheduler, ema, cfg, device, num_classes, rng, epoch
+            step_model, method, train_loader, optimizer, scheduler, ema, cfg, device, num_classes, rng, epoch, ctx
         )
         result = evaluate(model, test_loader, num_classes, device, cfg.bf16)
         row = {"epoch": epoch, **stats, "val_loss": result.loss, "val_acc": result.top1, "val_top5": result.top5}
         if ema is not None:
             ema_result = evaluate(ema.module, test_loader, num_classes, device, cfg.bf16)
             row["val_acc_ema"] = ema_result.top1
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        save_run_state(
-            out, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
-            ema_model=ema.module if ema else None, extra={"seed": cfg.seed, "metrics": row},
-        )  # fmt: skip
+        if ctx.is_main:  # checkpoints are written once, by rank 0
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            save_run_state(
+                out, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
+                ema_model=ema.module if ema else None, extra={"seed": cfg.seed, "metrics": row},
+            )  # fmt: skip
+        barrier(ctx)
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f top5 %.4f  %.0f img/s",
             epoch, cfg.epochs, stats["train_loss"], stats["train_acc"], result.loss, result.top1, result.top5,
@@ -195,6 +225,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         if cfg.stop_after is not None and epochs_run >= cfg.stop_after and epoch < cfg.epochs:
             log.info("stopping after %d epoch(s) as asked; continue with --resume", epochs_run)
             return TrainResult(out, None, read_metrics(out / "metrics.jsonl"), time.perf_counter() - t_start)
+    if not ctx.is_main:
+        return TrainResult(out, result, [], time.perf_counter() - t_start, is_main=False)
 
     metrics = read_metrics(out / "metrics.jsonl")
     if result is None:  # resumed a run that had already finished
@@ -224,13 +256,15 @@ def train_one_epoch(
     num_classes: int,
     rng: np.random.Generator,
     epoch: int,
+    ctx: DistContext | None = None,
 ) -> dict:
     from tqdm.auto import tqdm
 
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, unit="batch", disable=None)
+    quiet = ctx is not None and not ctx.is_main
+    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, unit="batch", disable=True if quiet else None)
     optimizer.zero_grad(set_to_none=True)
     n_batches = len(loader)
     for i, (images, labels) in enumerate(bar):
@@ -258,6 +292,8 @@ def train_one_epoch(
         rate = seen / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
     elapsed = time.perf_counter() - t0
+    if ctx is not None and ctx.enabled:  # metrics over all ranks' samples
+        total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], ctx, device)
     return {
         "train_loss": total_loss / max(seen, 1),
         "train_acc": correct / max(seen, 1),
