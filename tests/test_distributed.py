@@ -1,4 +1,7 @@
-"""torchrun + DDP on CPU (gloo): 2 ranks x batch B take the same step as 1 process x batch 2B."""
+"""torchrun + DDP on CPU (gloo): 2 ranks x batch B take the same step as 1 process x batch 2B.
+
+Forced to the CPU: on a one-GPU machine two NCCL ranks would share a device, which NCCL refuses.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
-           "-m", "vitlab", "train", *args]  # fmt: skip
+           "-m", "vitlab", "train", "--device", "cpu", *args]  # fmt: skip
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
 
@@ -31,7 +34,7 @@ def test_two_ranks_equal_one_process_with_double_batch(tmp_path):
     make_image_folder(data / "val", per_class=2, size=16)
     single = train(
         TrainConfig(model="vit_micro_patch4_16", data=str(data), epochs=1, warmup_epochs=0, no_augment=True,
-                    batch_size=8, out=str(tmp_path / "single"))
+                    batch_size=8, device="cpu", out=str(tmp_path / "single"))
     )  # fmt: skip
     assert single.final is not None
     r = _torchrun("--model", "vit_micro_patch4_16", "--data", str(data), "--epochs", "1", "--warmup-epochs", "0",

@@ -56,7 +56,7 @@ def test_flags_smoke(tmp_path):
     r = train(
         TrainConfig(
             out=str(tmp_path / "r"), epochs=1, batch_size=64, accum_steps=2, bf16=True, cutmix=1.0, mixup=0.8,
-            ema=True, clip_grad=0.5, drop_path=0.2, img_size=16,
+            ema=True, clip_grad=0.5, drop_path=0.2, img_size=16, grad_checkpointing=True,
         )
     )  # fmt: skip
     assert torch.isfinite(torch.tensor(r.metrics[-1]["train_loss"])) and "val_acc_ema" in r.metrics[-1]

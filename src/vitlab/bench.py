@@ -44,8 +44,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def gemm_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    """Best GFLOP/s of an n x n x n matrix product: the machine's practical ceiling for these models."""
+def gemm_peak(device: torch.device, dtype: torch.dtype, n: int | None = None, reps: int = 5) -> float:
+    """Best GFLOP/s of an n x n x n matrix product: the machine's practical ceiling for these models.
+
+    n defaults to 2048 on a CPU and 8192 on a GPU, where smaller products do not fill the device.
+    """
+    n = n or (8192 if device.type == "cuda" else 2048)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b

@@ -140,6 +140,7 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, img_size=cfg.img_size, **overrides
     )
     model.cfg.labels = list(splits.classes)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
     model.to(device)
     mcfg = model.cfg
     natural = splits.natural_images
