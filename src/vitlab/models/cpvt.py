@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vitlab.models.base import IMAGENET_MEAN, IMAGENET_STD
-from vitlab.models.vit import VisionTransformer, ViTConfig
+from vitlab.models.vit import MICRO_DIGITS, VisionTransformer, ViTConfig
 from vitlab.registry import register_variants
 
 
@@ -50,17 +50,8 @@ _VARIANTS = {
     "cpvt_tiny_patch16_224": dict(**_GAP, embed_dim=192, depth=12, num_heads=3),
     "cpvt_small_patch16_224": dict(**_GAP, embed_dim=384, depth=12, num_heads=6),
     "cpvt_base_patch16_224": dict(**_GAP, embed_dim=768, depth=12, num_heads=12),
-    "cpvt_micro_patch4_8": dict(
-        **{**_GAP, "mean": (0.5,), "std": (0.5,)},
-        img_size=8,
-        patch_size=4,
-        in_chans=1,
-        num_classes=10,
-        embed_dim=64,
-        depth=4,
-        num_heads=4,
-        mlp_ratio=2.0,
-    ),  # fmt: skip
+    # the micro ViT's 8x8-digits config, as CPVT-GAP
+    "cpvt_micro_patch4_8": {**_GAP, **MICRO_DIGITS, "patch_size": 4, "mean": (0.5,), "std": (0.5,)},
 }
 
 

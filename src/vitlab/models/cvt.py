@@ -232,7 +232,7 @@ _VARIANTS = {
         patch_sizes=(3, 3, 3),
         patch_strides=(2, 2, 2),
         patch_paddings=(1, 1, 1),
-    ),  # fmt: skip
+    ),
 }
 
 

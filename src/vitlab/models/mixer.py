@@ -106,7 +106,7 @@ _VARIANTS = {
         depth=4,
         tokens_mlp_dim=64,
         channels_mlp_dim=256,
-    ),  # fmt: skip
+    ),
 }
 
 

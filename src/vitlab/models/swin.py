@@ -262,7 +262,7 @@ _VARIANTS = {
         window_size=4,
         num_classes=10,
         drop_path_rate=0.0,
-    ),  # fmt: skip
+    ),
 }
 
 

@@ -260,7 +260,7 @@ _B = dict(embed_dim=768, depth=12, num_heads=12)
 _L = dict(embed_dim=1024, depth=24, num_heads=16)
 _H = dict(embed_dim=1280, depth=32, num_heads=16)
 _DEIT = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
-_MICRO = dict(img_size=8, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
+MICRO_DIGITS = dict(img_size=8, in_chans=1, num_classes=10, embed_dim=64, depth=4, num_heads=4, mlp_ratio=2.0)
 
 _VARIANTS: dict[str, dict] = {
     "vit_tiny_patch16_224": dict(**_TI, patch_size=16),
@@ -287,10 +287,10 @@ _VARIANTS: dict[str, dict] = {
     "deit_base_distilled_patch16_384": dict(**_B, **_DEIT, distilled=True, img_size=384),
     # Small configs for 8x8 digits and 16x16 images (the CPU demo and tests), and 32x32 (CIFAR); not in timm.
     # On the 1,437 training digits, 2x2 patches (16 tokens) overfit without stochastic depth; 4x4 patches learn fastest.
-    "vit_micro_patch2_8": dict(**_MICRO, patch_size=2, drop_path_rate=0.1),
-    "vit_micro_patch4_8": dict(**_MICRO, patch_size=4),
-    "vit_micro_patch4_16": {**_MICRO, "patch_size": 4, "img_size": 16},
-    "deit_micro_distilled_patch4_8": dict(**_MICRO, patch_size=4, distilled=True),
+    "vit_micro_patch2_8": dict(**MICRO_DIGITS, patch_size=2, drop_path_rate=0.1),
+    "vit_micro_patch4_8": dict(**MICRO_DIGITS, patch_size=4),
+    "vit_micro_patch4_16": {**MICRO_DIGITS, "patch_size": 4, "img_size": 16},
+    "deit_micro_distilled_patch4_8": dict(**MICRO_DIGITS, patch_size=4, distilled=True),
     "vit_mini_patch4_32": dict(img_size=32, patch_size=4, num_classes=10, embed_dim=192, depth=6, num_heads=3),
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vitlab.weights.hf import HfConverter, labels_from_config, rename
+from vitlab.weights.hf import HfConverter, head_fields, rename
 
 _RULES = [
     (r"^embeddings\.patch_embeddings\.", "stem.0."),
@@ -25,8 +25,6 @@ def convert_convnext(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def convnext_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
-    head = state.get("head.fc.weight")
-    num_classes = head.shape[0] if head is not None else 0
     return dict(
         depths=tuple(config["depths"]),
         dims=tuple(config["hidden_sizes"]),
@@ -35,8 +33,7 @@ def convnext_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
         img_size=config.get("image_size", 224),
         layer_scale_init=config.get("layer_scale_init_value", 1e-6),
         head_norm_eps=config.get("layer_norm_eps", 1e-12),
-        num_classes=num_classes,
-        labels=labels_from_config(config, num_classes),
+        **head_fields(config, state, "head.fc.weight"),
     )
 
 

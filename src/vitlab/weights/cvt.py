@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from vitlab.errors import CheckpointError
-from vitlab.weights.hf import HfConverter, labels_from_config, rename
+from vitlab.weights.hf import HfConverter, head_fields, rename
 
 _L = r"^encoder\.stages\.(\d+)\.layers\.(\d+)\."
 _A = _L + r"attention\.attention\."
@@ -44,8 +44,6 @@ def cvt_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
         raise CheckpointError("config.json: only the 'dw_bn' (depthwise conv + BN) CvT projection is supported")
     if set(config.get("stride_q", [1])) != {1} or len(set(config.get("stride_kv", [2]))) != 1:
         raise CheckpointError("config.json: CvT needs stride_q = 1 and one stride_kv for all stages")
-    head = state.get("head.weight")
-    num_classes = head.shape[0] if head is not None else 0
     return dict(
         img_size=config.get("image_size", 224),
         in_chans=config.get("num_channels", 3),
@@ -59,8 +57,7 @@ def cvt_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
         stride_kv=config["stride_kv"][0],
         mlp_ratio=config["mlp_ratio"][0],
         qkv_bias=config["qkv_bias"][0],
-        num_classes=num_classes,
-        labels=labels_from_config(config, num_classes),
+        **head_fields(config, state, "head.weight"),
     )
 
 

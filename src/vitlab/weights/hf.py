@@ -64,6 +64,13 @@ def fuse_qkv(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def head_fields(config: dict, state: dict[str, torch.Tensor], head_key: str) -> dict:
+    """num_classes from the (converted) head weight, 0 without one, and the config's class names if they fit."""
+    head = state.get(head_key)
+    num_classes = head.shape[0] if head is not None else 0
+    return {"num_classes": num_classes, "labels": labels_from_config(config, num_classes)}
+
+
 def labels_from_config(config: dict, num_classes: int) -> list[str]:
     labels = config.get("id2label") or {}
     names = [labels[k] for k in sorted(labels, key=int)] if labels else []

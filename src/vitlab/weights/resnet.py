@@ -7,7 +7,7 @@ import re
 import torch
 
 from vitlab.errors import CheckpointError
-from vitlab.weights.hf import HfConverter, labels_from_config, rename
+from vitlab.weights.hf import HfConverter, head_fields, rename
 
 _RULES = [
     (r"^embedder\.embedder\.convolution\.", "conv1."),
@@ -39,16 +39,13 @@ def resnet_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
         raise CheckpointError(f"config.json: hidden_act={config['hidden_act']!r} is not supported (ResNet uses relu)")
     block = "bottleneck" if config.get("layer_type", "bottleneck") == "bottleneck" else "basic"
     expansion = 4 if block == "bottleneck" else 1
-    head = state.get("fc.weight")
-    num_classes = head.shape[0] if head is not None else 0
     return dict(
         block=block,
         layers=tuple(config["depths"]),
         widths=tuple(h // expansion for h in config["hidden_sizes"]),
         stem_width=config.get("embedding_size", 64),
         in_chans=config.get("num_channels", 3),
-        num_classes=num_classes,
-        labels=labels_from_config(config, num_classes),
+        **head_fields(config, state, "fc.weight"),
     )
 
 

@@ -10,7 +10,7 @@ import re
 import torch
 
 from vitlab.errors import CheckpointError
-from vitlab.weights.hf import HfConverter, fuse_qkv, labels_from_config, rename
+from vitlab.weights.hf import HfConverter, fuse_qkv, head_fields, rename
 
 _B = r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\."
 _RULES = [
@@ -42,8 +42,6 @@ def swin_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
         raise CheckpointError("config.json: Swin with use_absolute_embeddings=True is not supported")
     if config.get("hidden_act", "gelu") != "gelu":
         raise CheckpointError(f"config.json: hidden_act={config['hidden_act']!r} is not supported (Swin uses gelu)")
-    head = state.get("head.fc.weight")
-    num_classes = head.shape[0] if head is not None else 0
     return dict(
         img_size=config["image_size"],
         patch_size=config["patch_size"],
@@ -55,8 +53,7 @@ def swin_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
         mlp_ratio=config.get("mlp_ratio", 4.0),
         qkv_bias=config.get("qkv_bias", True),
         norm_eps=config.get("layer_norm_eps", 1e-5),
-        num_classes=num_classes,
-        labels=labels_from_config(config, num_classes),
+        **head_fields(config, state, "head.fc.weight"),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from vitlab.errors import CheckpointError
-from vitlab.weights.hf import HfConverter, fuse_qkv, labels_from_config, rename
+from vitlab.weights.hf import HfConverter, fuse_qkv, head_fields, rename
 
 _PREFIXES = ("vit.", "deit.")
 
@@ -56,10 +56,8 @@ def vit_arch_from_config(config: dict, state: dict[str, torch.Tensor]) -> dict:
         class_token=True,
         global_pool="token",
     )
-    head = state.get("head.weight")
-    arch["num_classes"] = head.shape[0] if head is not None else 0
-    arch["labels"] = labels_from_config(config, arch["num_classes"])
-    if arch["distilled"] and "head_dist.weight" not in state and head is not None:
+    arch.update(head_fields(config, state, "head.weight"))
+    if arch["distilled"] and "head_dist.weight" not in state and "head.weight" in state:
         raise CheckpointError(
             "a DeiT checkpoint with a distillation token but one classifier (DeiTForImageClassification) is not "
             "supported; use DeiTForImageClassificationWithTeacher or DeiTModel weights"
