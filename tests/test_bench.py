@@ -38,3 +38,12 @@ def test_bench_cli_prints_ratio(capsys):
     assert main(["bench", "--models", "vit_micro_patch4_*", "--vs", "hf", "--reps", "1", "--iters", "1"]) == 0
     out = capsys.readouterr().out
     assert "GEMM peak" in out and out.count("vit_micro_patch4_") >= 2 and "MFU" in out
+
+
+def test_profile_names_where_time_goes():
+    r = benchmark("vit_micro_patch4_8", batch_size=4, vs=("hf",), reps=1, iters=1, peak_gflops=100.0, profile=True)
+    for peer in ("vitlab", "hf"):
+        ops = r.profiles[peer]
+        assert 0 < len(ops) <= 8 and sum(share for _, _, share in ops) <= 1.0 + 1e-9
+        assert any(name == "aten::addmm" for name, _, _ in ops)  # the linear layers
+        assert [ms for _, ms, _ in ops] == sorted((ms for _, ms, _ in ops), reverse=True)

@@ -37,6 +37,7 @@ class BenchResult:
     params: int
     gflops: float  # per image, forward
     peers: list[PeerResult] = field(default_factory=list)
+    profiles: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)  # peer -> top operators
 
 
 def _sync(device: torch.device) -> None:
@@ -117,6 +118,26 @@ def timm_peer(name: str) -> nn.Module | None:
         return None
 
 
+def profile_ops(m: nn.Module, x: torch.Tensor, top: int = 8, iters: int = 3) -> list[tuple[str, float, float]]:
+    """Where inference time goes: the top operators by self time, as (name, ms per batch, share of the total)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from vitlab.runtime import quiet_stderr
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
+    attr = "self_device_time_total" if x.device.type == "cuda" else "self_cpu_time_total"
+    with torch.inference_mode():
+        m(x)
+        with quiet_stderr(), profile(activities=acts) as prof:
+            for _ in range(iters):
+                m(x)
+            _sync(x.device)
+    ops = [(e.key, getattr(e, attr)) for e in prof.key_averages() if not e.key.startswith("ProfilerStep")]
+    total = sum(t for _, t in ops) or 1.0
+    ops.sort(key=lambda kv: -kv[1])
+    return [(k, t / iters / 1e3, t / total) for k, t in ops[:top]]
+
+
 def _time_inference(m: nn.Module, x: torch.Tensor, iters: int) -> list[float]:
     times = []
     with torch.inference_mode():
@@ -162,6 +183,7 @@ def benchmark(
     train: bool = False,
     compile: bool = False,
     peak_gflops: float | None = None,
+    profile: bool = False,
 ) -> BenchResult:
     dev = torch.device(device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
@@ -198,6 +220,8 @@ def benchmark(
             for k, t in trainers.items():
                 train_times[k].append(t.step())
     result = BenchResult(name, stats.params, stats.flops / 1e9)
+    if profile:
+        result.profiles = {k: profile_ops(m, x) for k, m in peers.items()}
     peak = peak_gflops or gemm_peak(dev, dtype)
     for k in peers:
         med = statistics.median(times[k])

@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--iters", type=int, default=2, help="batches per peer per round")
     p.add_argument("--train", action="store_true", help="also time forward + backward + AdamW step")
     p.add_argument("--compile", action="store_true", help="torch.compile every peer")
+    p.add_argument("--profile", action="store_true", help="also print each peer's top operators by self time")
     p.set_defaults(run=run)
 
 
@@ -33,13 +34,16 @@ def run(args: argparse.Namespace) -> int:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
     peak = gemm_peak(torch.device(args.device), dtype)
     vs = tuple(v for v in args.vs.split(",") if v)
+    from vitlab.runtime import allocator_tuned
+
+    alloc = "malloc keeps freed memory" if allocator_tuned() else "default malloc"
     print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.precision}, "
-          f"batch {args.batch_size}; GEMM peak {peak:.1f} GFLOP/s")  # fmt: skip
+          f"batch {args.batch_size}, {alloc} (every peer); GEMM peak {peak:.1f} GFLOP/s")  # fmt: skip
     head = f"{'model':<32} {'peer':<7} {'img/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'train/s':>8} {'mem MB':>8} "
     print(head + f"{'GFLOP/s':>8} {'MFU':>6} {'vitlab/peer':>11}")
     for name in names:
         r = benchmark(name, args.batch_size, args.img_size, args.precision, args.device, vs, args.reps, args.iters,
-                      args.train, args.compile, peak)  # fmt: skip
+                      args.train, args.compile, peak, args.profile)  # fmt: skip
         ours = r.peers[0]
         for p in r.peers:
             ratio = "" if p.peer == "vitlab" else f"{ours.img_s / p.img_s:.3f}"
@@ -50,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name:<32} {p.peer:<7} {p.img_s:8.2f} {p.p50_ms:8.1f} {p.p90_ms:8.1f} {tr} "
                   f"{mem} {p.gflops_s:8.1f} {p.mfu:6.1%} {ratio:>11}")  # fmt: skip
         print(f"{'':<32} params {r.params:,}, {r.gflops:.2f} GFLOPs per image")
+        for peer, ops in r.profiles.items():
+            print(f"  {peer}: top operators by self time (ms per batch, share)")
+            for op, ms, share in ops:
+                print(f"    {op:<56} {ms:8.2f} {share:6.1%}")
     if args.device == "cpu":
         import resource
 
