@@ -33,6 +33,7 @@ class TrainConfig:
     ema_decay: float = _f(0.998, "EMA decay per optimiser step")
     bf16: bool = _f(False, "bfloat16 autocast for forward and backward")
     grad_checkpointing: bool = _f(False, "recompute block activations in backward: less memory, ~30% more compute")
+    fsdp: bool = _f(False, "under torchrun: shard weights, gradients and optimizer state across ranks (FSDP)")
     clip_grad: float | None = _f(1.0, "max global gradient norm (0 = off)")
     accum_steps: int = _f(1, "gradient accumulation: one optimiser step every N batches")
     seed: int = _f(0, "seed for initialisation, shuffling, augmentation and dropout")

@@ -31,12 +31,14 @@ def save_run_state(
     scheduler,
     ema_model: nn.Module | None,
     extra: dict,
+    gathered: tuple[dict, dict] | None = None,
 ) -> None:
+    """gathered: (weights, optimizer state) of a sharded model, from `sharding.full_state`."""
     tag = {"epoch": epoch}
-    save_checkpoint(model, out / CHECKPOINT_FILE, extra=tag)
+    weights, opt = gathered if gathered is not None else (model.state_dict(), optimizer.state_dict())
+    save_checkpoint(model, out / CHECKPOINT_FILE, extra=tag, state_dict=weights)
     if ema_model is not None:
         save_checkpoint(ema_model, out / EMA_FILE, extra=tag)
-    opt = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict] = {}
     for idx, st in opt["state"].items():
@@ -60,8 +62,13 @@ def save_run_state(
     atomic_write(out / STATE_JSON, lambda tmp: Path(tmp).write_text(json.dumps(state, indent=2)))
 
 
-def load_run_state(out: Path, *, model: nn.Module, optimizer, scheduler, ema_model: nn.Module | None) -> dict:
-    """Restore everything saved by `save_run_state`; returns state.json's content."""
+def load_run_state(
+    out: Path, *, model: nn.Module, optimizer, scheduler, ema_model: nn.Module | None, sharded: bool = False
+) -> dict:
+    """Restore everything saved by `save_run_state`; returns state.json's content.
+
+    sharded: the model is FSDP-sharded; the full tensors are scattered into each rank's shards.
+    """
     state_file = out / STATE_JSON
     if not state_file.is_file():
         raise CheckpointError(f"--resume: {state_file} not found (no completed epoch in {out})")
@@ -78,7 +85,6 @@ def load_run_state(out: Path, *, model: nn.Module, optimizer, scheduler, ema_mod
             f"--resume: {out} holds files from different epochs (state.json {epoch}, {CHECKPOINT_FILE} "
             f"{saved_epoch}, {TRAIN_STATE} {tmeta.get('epoch')}); the last save was interrupted"
         )
-    model.load_state_dict(weights)
     opt_state: dict = {"state": {}, "param_groups": []}
     for key, v in train.items():
         if key.startswith("optim."):
@@ -93,7 +99,13 @@ def load_run_state(out: Path, *, model: nn.Module, optimizer, scheduler, ema_mod
         {**saved, "params": cur["params"]}
         for saved, cur in zip(state["optimizer"]["param_groups"], current, strict=True)
     ]
-    optimizer.load_state_dict(opt_state)
+    if sharded:
+        from vitlab.engine.sharding import load_full_state
+
+        load_full_state(model, optimizer, weights, opt_state)
+    else:
+        model.load_state_dict(weights)
+        optimizer.load_state_dict(opt_state)
     # LambdaLR keeps its schedule functions out of the state; they are rebuilt from the config.
     scheduler.load_state_dict({**state["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)})
     if ema_model is not None:

@@ -28,6 +28,7 @@ from vitlab.engine.evaluate import EvalResult, evaluate
 from vitlab.engine.mixup import mix_batch
 from vitlab.engine.optim import build_optimizer, warmup_cosine
 from vitlab.engine.report import read_metrics, write_report
+from vitlab.engine.sharding import full_state, shard_model
 from vitlab.engine.state import STATE_JSON, load_run_state, save_run_state
 from vitlab.errors import CheckpointError, ConfigError
 from vitlab.methods import Distillation, Supervised
@@ -38,7 +39,7 @@ from vitlab.weights.io import atomic_write
 log = logging.getLogger(__name__)
 
 # Fields a resumed run may change; everything else comes from the run's config.json.
-RESUME_MUTABLE = {"resume", "stop_after", "workers", "device"}
+RESUME_MUTABLE = {"resume", "stop_after", "workers", "device", "fsdp"}  # checkpoints do not depend on fsdp
 
 
 @dataclass
@@ -128,8 +129,12 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     _check(cfg)
     barrier(ctx)  # every rank has checked --out before rank 0 writes into it
     device = resolve_device(cfg.device, ctx)
-    if ctx.enabled and cfg.teacher:
-        raise ConfigError("--teacher with torchrun is not supported yet: distil in one process")
+    if cfg.fsdp:
+        if not ctx.enabled:
+            raise ConfigError("--fsdp shards across the processes of a torchrun job: torchrun --nproc-per-node N ...")
+        for flag, on in (("--ema", cfg.ema), ("--freeze-backbone", cfg.freeze_backbone)):
+            if on:
+                raise ConfigError(f"{flag} is not supported with --fsdp; train without --fsdp (DDP) to use it")
 
     # Everything that can fail on bad input happens before the run directory is touched.
     torch.manual_seed(cfg.seed)
@@ -142,6 +147,9 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     model.cfg.labels = list(splits.classes)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     model.to(device)
+    if cfg.fsdp:  # before the optimizer, which must see the sharded parameters
+        units = shard_model(model, device)
+        log.info("FSDP: %d sharded units over %d ranks", units, ctx.world_size)
     mcfg = model.cfg
     natural = splits.natural_images
     aug = not cfg.no_augment
@@ -172,15 +180,19 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema else None
     # The method calls the DDP wrapper (gradients averaged across ranks); the bare model is saved and evaluated.
-    step_model = DistributedDataParallel(model) if ctx.enabled else model
+    # A frozen backbone has parameters without gradients, which DDP must be told to expect.
+    step_model = model
+    if ctx.enabled and not cfg.fsdp:
+        step_model = DistributedDataParallel(model, find_unused_parameters=cfg.freeze_backbone)
     if not ctx.is_main:
         logging.getLogger("vitlab").setLevel(logging.WARNING)
 
     start_epoch = 1
     if cfg.resume:
         state = load_run_state(
-            out, model=model, optimizer=optimizer, scheduler=scheduler, ema_model=ema.module if ema else None
-        )
+            out, model=model, optimizer=optimizer, scheduler=scheduler, ema_model=ema.module if ema else None,
+            sharded=cfg.fsdp,
+        )  # fmt: skip
         start_epoch = state["epoch"] + 1
         if ctx.is_main:
             kept = [m for m in read_metrics(out / "metrics.jsonl") if m["epoch"] <= state["epoch"]]
@@ -210,12 +222,13 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         if ema is not None:
             ema_result = evaluate(ema.module, test_loader, num_classes, device, cfg.bf16)
             row["val_acc_ema"] = ema_result.top1
+        gathered = full_state(model, optimizer) if cfg.fsdp else None  # a collective: every rank takes part
         if ctx.is_main:  # checkpoints are written once, by rank 0
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             save_run_state(
                 out, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
-                ema_model=ema.module if ema else None, extra={"seed": cfg.seed, "metrics": row},
+                ema_model=ema.module if ema else None, extra={"seed": cfg.seed, "metrics": row}, gathered=gathered,
             )  # fmt: skip
         barrier(ctx)
         log.info(
@@ -226,12 +239,12 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
         if cfg.stop_after is not None and epochs_run >= cfg.stop_after and epoch < cfg.epochs:
             log.info("stopping after %d epoch(s) as asked; continue with --resume", epochs_run)
             return TrainResult(out, None, read_metrics(out / "metrics.jsonl"), time.perf_counter() - t_start)
+    if result is None:  # resumed a run that had already finished (every rank: a sharded model needs them all)
+        result = evaluate(model, test_loader, num_classes, device, cfg.bf16)
     if not ctx.is_main:
         return TrainResult(out, result, [], time.perf_counter() - t_start, is_main=False)
 
     metrics = read_metrics(out / "metrics.jsonl")
-    if result is None:  # resumed a run that had already finished
-        result = evaluate(model, test_loader, num_classes, device, cfg.bf16)
     seconds = time.perf_counter() - t_start
     info = {"parameters": f"{n_params:,}", "epochs": cfg.epochs, "wall time (this invocation)": f"{seconds:.1f} s"}
     if ema is not None:

@@ -35,8 +35,9 @@ class Distillation:
         self, model: nn.Module, images: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         teacher = self.teacher_logits(images)
-        if getattr(model, "head_dist", None) is not None:
-            out = model.forward_distill(images)
+        bare = getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
+        if getattr(bare, "head_dist", None) is not None:
+            out = model(images, distill=True)  # through the wrapper, so that gradients are synchronised
             cls, dist, logits = out.cls, out.dist, out.mean()
         else:
             cls = dist = logits = model(images)

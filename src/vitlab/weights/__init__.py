@@ -38,8 +38,13 @@ class Pretrained:
 
 
 # ----- vitlab's own format -----------------------------------------------------------------------------------------
-def save_checkpoint(model: nn.Module, path: str | Path, extra: dict | None = None) -> Path:
-    """Write the model's weights and config to one safetensors file (atomically). Returns the path."""
+def save_checkpoint(
+    model: nn.Module, path: str | Path, extra: dict | None = None, state_dict: dict | None = None
+) -> Path:
+    """Write the model's weights and config to one safetensors file (atomically). Returns the path.
+
+    state_dict: the weights to write instead of `model.state_dict()` (gathered from the ranks of a sharded model).
+    """
     path = Path(path)
     if path.is_dir() or path.suffix != ".safetensors":
         path = path / CHECKPOINT_FILE
@@ -50,7 +55,7 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: dict | None = Non
     }
     if extra:
         meta["extra"] = json.dumps(extra)
-    write_tensors(path, model.state_dict(), meta)
+    write_tensors(path, model.state_dict() if state_dict is None else state_dict, meta)
     return path
 
 
