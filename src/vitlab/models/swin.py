@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import DropPath, Mlp
+from vitlab.layers.linear import Linear
 from vitlab.models.base import (
     ClassifierMixin,
     ImageModelConfig,
@@ -66,8 +67,8 @@ class WindowAttention(nn.Module):
         self.window_size = window_size
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
         self.capture_attn = False
         self.attn_probs: torch.Tensor | None = None
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -136,7 +137,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(4 * dim, eps=eps)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
