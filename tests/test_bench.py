@@ -31,6 +31,7 @@ def test_benchmark_measures_every_peer():
     assert [p.peer for p in r.peers] == ["vitlab", "hf"]
     for p in r.peers:
         assert p.img_s > 0 and p.train_img_s > 0 and p.p90_ms >= p.p50_ms > 0
+        assert p.peak_mem_mb > 0  # activations of one batch, measured on the CPU too
         assert p.mfu == pytest.approx(p.gflops_s / 100.0)
 
 

@@ -65,3 +65,32 @@ def test_small_feature_map_rule():
     t = vitlab.create_model("swin_tiny_patch4_window7_224", img_size=112)  # maps 28, 14, 7, 4
     assert [(b.window_size, b.shift_size) for b in t.layers[3].blocks] == [(4, 0), (4, 0)]
     assert t(torch.randn(1, 3, 112, 112)).shape == (1, 1000)
+
+
+def test_training_path_equals_inference_path_and_trains_the_bias_table():
+    # on a CPU, training runs the explicit softmax (the bias table needs a gradient); inference runs SDPA
+    from vitlab.models.swin import WindowAttention
+
+    torch.manual_seed(0)
+    attn = WindowAttention(dim=16, num_heads=2, window_size=4, qkv_bias=True)
+    torch.nn.init.normal_(attn.relative_position_bias_table, std=1.0)
+    x = torch.randn(8, 16, 16)  # 2 images x 4 windows
+    mask = shifted_window_mask(8, 8, 4, 2, device=x.device, dtype=x.dtype)
+    with torch.no_grad():
+        fused = attn(x, mask)
+    explicit = attn(x, mask)
+    torch.testing.assert_close(explicit, fused, rtol=1e-5, atol=1e-5)
+    explicit.sum().backward()
+    assert attn.relative_position_bias_table.grad.abs().sum() > 0
+
+
+def test_drop_path_keeps_the_expectation_and_drops_whole_samples():
+    from vitlab.layers.drop_path import drop_path
+
+    torch.manual_seed(0)
+    x = torch.ones(20000, 3)
+    y = drop_path(x, 0.25, training=True)
+    kept = y[:, 0] != 0
+    assert torch.all(y[kept] == 1 / 0.75) and torch.all(y[~kept] == 0)  # per sample: all or nothing
+    assert abs(kept.float().mean().item() - 0.75) < 0.02
+    assert drop_path(x, 0.25, training=False) is x

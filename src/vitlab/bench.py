@@ -17,6 +17,7 @@ from torch import nn
 
 from vitlab.profiling import model_stats
 from vitlab.registry import create_model
+from vitlab.scaling import peak_allocated_mb
 
 
 @dataclass
@@ -26,7 +27,7 @@ class PeerResult:
     p50_ms: float  # median latency of one batch
     p90_ms: float
     train_img_s: float | None = None  # forward + backward + AdamW step
-    peak_mem_mb: float | None = None  # CUDA only: max allocated while this peer ran
+    peak_mem_mb: float | None = None  # MiB allocated by one inference batch beyond the weights (peak)
     gflops_s: float = 0.0
     mfu: float = 0.0  # achieved / GEMM peak
 
@@ -206,12 +207,8 @@ def benchmark(
     for _ in range(reps):  # alternate peers so drift in machine speed hits all of them alike
         for k, m in peers.items():
             times[k] += _time_inference(m, x, iters)
-    mem = {}
-    if dev.type == "cuda":
-        for k, m in peers.items():
-            torch.cuda.reset_peak_memory_stats(dev)
-            _time_inference(m, x, 1)
-            mem[k] = torch.cuda.max_memory_allocated(dev) / 2**20
+    # Memory a forward pass allocates on top of the weights (CUDA statistics, or the CPU profiler's allocations).
+    mem = {k: peak_allocated_mb(lambda m=m: _time_inference(m, x, 1), dev) for k, m in peers.items()}
     train_times: dict[str, list[float]] = {}
     if train:
         trainers = {k: _Trainer(m, x) for k, m in peers.items()}

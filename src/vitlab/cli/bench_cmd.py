@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     alloc = "malloc keeps freed memory" if allocator_tuned() else "default malloc"
     print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, {args.precision}, "
           f"batch {args.batch_size}, {alloc} (every peer); GEMM peak {peak:.1f} GFLOP/s")  # fmt: skip
-    head = f"{'model':<32} {'peer':<7} {'img/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'train/s':>8} {'mem MB':>8} "
+    head = f"{'model':<32} {'peer':<7} {'img/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'train/s':>8} {'act MB':>8} "
     print(head + f"{'GFLOP/s':>8} {'MFU':>6} {'vitlab/peer':>11}")
     for name in names:
         r = benchmark(name, args.batch_size, args.img_size, args.precision, args.device, vs, args.reps, args.iters,
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             if p.peer != "vitlab" and p.train_img_s and ours.train_img_s:
                 ratio += f" (train {ours.train_img_s / p.train_img_s:.3f})"
             tr = f"{p.train_img_s:8.2f}" if p.train_img_s else f"{'-':>8}"
-            mem = f"{p.peak_mem_mb:8.0f}" if p.peak_mem_mb is not None else f"{'-':>8}"
+            mem = f"{p.peak_mem_mb:8.1f}" if p.peak_mem_mb is not None else f"{'-':>8}"
             print(f"{name:<32} {p.peer:<7} {p.img_s:8.2f} {p.p50_ms:8.1f} {p.p90_ms:8.1f} {tr} "
                   f"{mem} {p.gflops_s:8.1f} {p.mfu:6.1%} {ratio:>11}")  # fmt: skip
         print(f"{'':<32} params {r.params:,}, {r.gflops:.2f} GFLOPs per image")

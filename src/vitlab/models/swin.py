@@ -86,9 +86,13 @@ class WindowAttention(nn.Module):
             nW = mask.shape[0]
             bias = (bias[None] + mask[None, :, None]).reshape(-1, nW, self.num_heads, N, N)  # (1, nW, H, N, N)
             bias = bias.expand(B_ // nW, -1, -1, -1, -1).reshape(B_, self.num_heads, N, N)
-        if self.capture_attn:
+        # SDPA cannot return the bias table's gradient from the CPU's fused kernel and falls back to a slower
+        # composite; the explicit softmax is what training on a CPU runs then (GPUs keep SDPA's kernel).
+        explicit = self.capture_attn or (x.device.type == "cpu" and bias.requires_grad)
+        if explicit:
             attn = ((q * self.scale) @ k.transpose(-2, -1) + bias).softmax(dim=-1)  # (B*nW, H, N, N)
-            self.attn_probs = attn.detach()
+            if self.capture_attn:
+                self.attn_probs = attn.detach()
             x = attn @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
@@ -114,7 +118,8 @@ class SwinBlock(nn.Module):
         B, H, W, C = x.shape
         ws, s = self.window_size, self.shift_size
         pad_h, pad_w = (ws - H % ws) % ws, (ws - W % ws) % ws
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
+        if pad_h or pad_w:  # F.pad copies even when it adds nothing
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
         Hp, Wp = H + pad_h, W + pad_w
         mask = None
         if s:
@@ -124,7 +129,7 @@ class SwinBlock(nn.Module):
         x = window_reverse(windows, ws, Hp, Wp)  # (B, Hp, Wp, C)
         if s:
             x = torch.roll(x, shifts=(s, s), dims=(1, 2))
-        return x[:, :H, :W]
+        return x[:, :H, :W] if pad_h or pad_w else x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self._attend(self.norm1(x)))
@@ -141,7 +146,8 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
-        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        if H % 2 or W % 2:
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))  # (B, H/2, W/2, 2C)
 
