@@ -139,6 +139,10 @@ def profile_ops(m: nn.Module, x: torch.Tensor, top: int = 8, iters: int = 3) -> 
     return [(k, t / iters / 1e3, t / total) for k, t in ops[:top]]
 
 
+def _rotated(keys: list[str], r: int) -> list[str]:
+    return keys[r % len(keys) :] + keys[: r % len(keys)]
+
+
 def _time_inference(m: nn.Module, x: torch.Tensor, iters: int) -> list[float]:
     times = []
     with torch.inference_mode():
@@ -204,18 +208,19 @@ def benchmark(
     for m in peers.values():  # warm-up (and compilation)
         _time_inference(m, x, 1)
     times: dict[str, list[float]] = {k: [] for k in peers}
-    for _ in range(reps):  # alternate peers so drift in machine speed hits all of them alike
-        for k, m in peers.items():
-            times[k] += _time_inference(m, x, iters)
+    # Alternate peers so drift in machine speed hits all of them alike, and rotate who goes first in a round.
+    for r in range(reps):
+        for k in _rotated(list(peers), r):
+            times[k] += _time_inference(peers[k], x, iters)
     # Memory a forward pass allocates on top of the weights (CUDA statistics, or the CPU profiler's allocations).
     mem = {k: peak_allocated_mb(lambda m=m: _time_inference(m, x, 1), dev) for k, m in peers.items()}
     train_times: dict[str, list[float]] = {}
     if train:
         trainers = {k: _Trainer(m, x) for k, m in peers.items()}
         train_times = {k: [] for k in peers}
-        for _ in range(reps):
-            for k, t in trainers.items():
-                train_times[k].append(t.step())
+        for r in range(reps):
+            for k in _rotated(list(trainers), r):
+                train_times[k].append(trainers[k].step())
     result = BenchResult(name, stats.params, stats.flops / 1e9)
     if profile:
         result.profiles = {k: profile_ops(m, x) for k, m in peers.items()}
