@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from vitlab.layers import Linear, set_packed_inference
-from vitlab.layers.linear import packed_inference_available
+from vitlab.layers.linear import mkl_packing_supported
+from vitlab.runtime import keep_freed_memory
 
-pytestmark = pytest.mark.skipif(not packed_inference_available(), reason="PyTorch built without MKL")
+pytestmark = pytest.mark.skipif(not mkl_packing_supported(), reason="PyTorch built without MKL")
+
+
+@pytest.fixture(autouse=True)
+def _kept_memory():
+    # the packed path needs malloc to keep freed memory (what the vitlab command sets); process-wide, harmless here
+    if not keep_freed_memory():
+        pytest.skip("needs glibc malloc")
 
 
 @pytest.mark.parametrize("shape,bias", [((5, 16), True), ((2, 7, 16), False), ((2, 3, 4, 16), True)])
@@ -55,3 +67,15 @@ def test_packed_path_only_without_autograd_and_when_enabled():
         assert lin._packed is None
         lin.float()(x)
     assert lin._packed is not None
+
+
+def test_no_packing_while_malloc_returns_freed_memory():
+    # with glibc's default settings the packed kernel is slower than nn.Linear, so it stays off
+    code = (
+        "import torch; from vitlab.layers import Linear; lin = Linear(8, 8)\n"
+        "with torch.no_grad(): lin(torch.randn(4, 8))\n"
+        "print(lin._packed is None)"
+    )
+    env = {**os.environ, "VITLAB_MALLOC": "default"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[-1] == "True"

@@ -90,7 +90,7 @@ def memory_table(points: list[MemoryPoint]) -> str:
 def flops_table(points: list[FlopsPoint]) -> str:
     models = list(points[0].gflops)
     base = points[0]
-    rows = ["| image | " + " | ".join(f"{m} GFLOPs (× {base.img_size}²)" for m in models) + " |"]
+    rows = ["| image | " + " | ".join(f"{m} GFLOPs (ratio to {base.img_size}²)" for m in models) + " |"]
     rows.append("|---" * (len(models) + 1) + "|")
     for p in points:
         cells = [f"{p.gflops[m]:.1f} ({p.gflops[m] / base.gflops[m]:.1f}x)" for m in models]

@@ -5,8 +5,10 @@ every call. In inference the weight does not change, so `Linear` packs it once p
 count and reuses that copy: 3-5% more throughput on ViT and ConvNeXt, the same numbers bit for bit (one MKL kernel).
 This is the packing `torch.compile` does when it freezes weights, here without compiling.
 
-The packed path runs only where it applies: CPU, float32, no autograd, not while compiling, an MKL build of PyTorch
-and plain (unsharded) weights. Anything else is the ordinary `nn.Linear`. The packed copy costs the weight's memory
+The packed path runs only where it applies: CPU, float32, no autograd, not while compiling, an MKL build of PyTorch,
+plain (unsharded) weights, and malloc keeping freed memory (`vitlab.runtime.keep_freed_memory`, which the `vitlab`
+command sets): with glibc's default settings the packed kernel's buffers are mapped afresh on every call and it ends
+up slower than the plain one. Anything else is the ordinary `nn.Linear`. The packed copy costs the weight's memory
 again while the model is used for inference; `set_packed_inference(False)` or ``VITLAB_PACKED_LINEAR=0`` turns the
 path off.
 """
@@ -19,6 +21,8 @@ import os
 import torch
 from torch import nn
 
+from vitlab.runtime import allocator_tuned
+
 log = logging.getLogger(__name__)
 
 _enabled = {"on": os.environ.get("VITLAB_PACKED_LINEAR", "1") != "0"}
@@ -29,8 +33,12 @@ def set_packed_inference(enabled: bool) -> None:
     _enabled["on"] = enabled
 
 
+def mkl_packing_supported() -> bool:
+    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
 def packed_inference_available() -> bool:
-    return _enabled["on"] and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+    return _enabled["on"] and allocator_tuned() and mkl_packing_supported()
 
 
 class Linear(nn.Linear):
