@@ -1,10 +1,11 @@
 """Fully sharded data parallel training (`--fsdp`) with PyTorch's own FSDP2 (`fully_shard`).
 
-Every block of the model (each element of its `nn.Sequential` / `nn.ModuleList` containers, innermost first) becomes
-one FSDP unit, then the root: a rank holds 1/world of every weight, gradient and AdamW moment, and gathers one
-block's weights at a time for its forward and backward. Checkpoints stay the plain single-process files: the full
-weights and optimizer state are gathered to rank 0 before writing, and scattered back from them on resume, so a run
-can be resumed with or without `--fsdp` and on another number of ranks.
+Every repeated block of the model (stages, blocks, residual layers: the elements of its `nn.Sequential` /
+`nn.ModuleList` containers, innermost first) becomes one FSDP unit, then the root: a rank holds 1/world of every
+weight, gradient and AdamW moment, and gathers one block's weights at a time for its forward and backward.
+Checkpoints stay the plain single-process files: the full weights and optimizer state are gathered to rank 0 before
+writing, and scattered back from them on resume, so a run can be resumed with or without `--fsdp` and on another
+number of ranks.
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from torch import nn
 
 
 def _units(model: nn.Module) -> list[nn.Module]:
-    """Blocks to shard one by one, children before their parents (fully_shard's order)."""
+    """Repeated blocks (stages, blocks, layers) to shard one by one, children before their parents (fully_shard's
+    order). Heterogeneous containers such as a stem (conv, norm) stay in their parent's unit."""
     units: list[nn.Module] = []
 
     def visit(m: nn.Module) -> None:
-        for child in m.children():
+        children = list(m.children())
+        for child in children:
             visit(child)
-            if isinstance(m, nn.Sequential | nn.ModuleList) and any(True for _ in child.parameters()):
-                units.append(child)
+        if isinstance(m, nn.Sequential | nn.ModuleList):
+            kinds = [type(c) for c in children]
+            units.extend(c for c in children if kinds.count(type(c)) > 1 and any(True for _ in c.parameters()))
 
     visit(model)
     return units

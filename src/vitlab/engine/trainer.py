@@ -129,6 +129,8 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     _check(cfg)
     barrier(ctx)  # every rank has checked --out before rank 0 writes into it
     device = resolve_device(cfg.device, ctx)
+    if not ctx.is_main:
+        logging.getLogger("vitlab").setLevel(logging.WARNING)
     if cfg.fsdp:
         if not ctx.enabled:
             raise ConfigError("--fsdp shards across the processes of a torchrun job: torchrun --nproc-per-node N ...")
@@ -184,8 +186,6 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     step_model = model
     if ctx.enabled and not cfg.fsdp:
         step_model = DistributedDataParallel(model, find_unused_parameters=cfg.freeze_backbone)
-    if not ctx.is_main:
-        logging.getLogger("vitlab").setLevel(logging.WARNING)
 
     start_epoch = 1
     if cfg.resume:
