@@ -1,6 +1,6 @@
 """Process-level settings that decide CPU speed before any kernel runs.
 
-Profiling ViT-Ti/16 inference on a CPU (batch 8) shows a quarter to a third of the time in first-touch page
+Profiling ViT-Ti/16 inference on a CPU (batch 8) shows up to a quarter of the time in first-touch page
 faults, in timm, HF transformers and vitlab alike: glibc malloc hands blocks of a few MB (one layer's activations)
 back to the operating system when they are freed and maps fresh, zero-filled pages for the next layer. Telling
 malloc to keep freed memory makes every later activation reuse warm pages. This is what PyTorch's own CPU launcher

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    keep_freed_memory()  # a quarter of small-model CPU time is page faults otherwise (see vitlab.runtime)
+    keep_freed_memory()  # up to a quarter of small-model CPU time is page faults otherwise (see vitlab.runtime)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stdout, force=True
     )
