@@ -2,13 +2,13 @@
 
 A matrix product on the CPU first copies the weight into the blocked layout its kernel reads (MKL "packs" it), on
 every call. In inference the weight does not change, so `Linear` packs it once per weight version and input row
-count and reuses that copy: 3-5% more throughput on ViT and ConvNeXt, the same numbers bit for bit (one MKL kernel).
+count and reuses that copy: 3-5% more throughput on ViT and ConvNeXt, the same numbers up to float32 rounding.
 This is the packing `torch.compile` does when it freezes weights, here without compiling.
 
 The packed path runs only where it applies: CPU, float32, no autograd, not while compiling, an MKL build of PyTorch,
 plain (unsharded) weights, and malloc keeping freed memory (`vitlab.runtime.keep_freed_memory`, which the `vitlab`
-command sets): with glibc's default settings the packed kernel's buffers are mapped afresh on every call and it ends
-up slower than the plain one. Anything else is the ordinary `nn.Linear`. The packed copy costs the weight's memory
+command sets): with glibc's default settings it measured slower than the plain kernel in fresh processes (page
+faults). Anything else is the ordinary `nn.Linear`. The packed copy costs the weight's memory
 again while the model is used for inference; `set_packed_inference(False)` or ``VITLAB_PACKED_LINEAR=0`` turns the
 path off.
 """
