@@ -15,6 +15,7 @@ path off.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -33,7 +34,9 @@ def set_packed_inference(enabled: bool) -> None:
     _enabled["on"] = enabled
 
 
+@functools.cache
 def mkl_packing_supported() -> bool:
+    """Whether this PyTorch build has MKL's packed linear ops (fixed for the process: checked once)."""
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
 
 
@@ -48,8 +51,7 @@ class Linear(nn.Linear):
 
     def _use_packed(self, x: torch.Tensor) -> bool:
         return (
-            _enabled["on"]
-            and x.device.type == "cpu"
+            x.device.type == "cpu"
             and x.dtype == torch.float32
             and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
