@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vitlab.layers.linear import Linear
-
 
 class Attention(nn.Module):
     """Shapes: x (B, N, D) -> (B, N, D); probabilities (B, H, N, N) when captured."""
@@ -32,9 +30,9 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
         # One fused projection: a single GEMM for q, k and v (timm's layout, so its weights load as they are).
-        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.capture_attn = False
         self.attn_probs: torch.Tensor | None = None

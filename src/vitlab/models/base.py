@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from vitlab.layers.linear import Linear
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
@@ -58,7 +56,7 @@ def make_head(in_features: int, num_classes: int, like: nn.Module | None = None)
         ref = next(like.parameters(), None)
         if ref is not None:
             kw = {"device": ref.device, "dtype": ref.dtype}
-    head = Linear(in_features, num_classes, **kw)
+    head = nn.Linear(in_features, num_classes, **kw)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     return head

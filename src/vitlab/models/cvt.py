@@ -20,7 +20,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import DropPath, Mlp
-from vitlab.layers.linear import Linear
 from vitlab.models.base import (
     ClassifierMixin,
     ImageModelConfig,
@@ -78,10 +77,10 @@ class ConvAttention(nn.Module):
         self.conv_proj_q = ConvProjection(dim, cfg.kernel_qkv, 1)
         self.conv_proj_k = ConvProjection(dim, cfg.kernel_qkv, cfg.stride_kv)
         self.conv_proj_v = ConvProjection(dim, cfg.kernel_qkv, cfg.stride_kv)
-        self.proj_q = Linear(dim, dim, bias=cfg.qkv_bias)
-        self.proj_k = Linear(dim, dim, bias=cfg.qkv_bias)
-        self.proj_v = Linear(dim, dim, bias=cfg.qkv_bias)
-        self.proj = Linear(dim, dim)
+        self.proj_q = nn.Linear(dim, dim, bias=cfg.qkv_bias)
+        self.proj_k = nn.Linear(dim, dim, bias=cfg.qkv_bias)
+        self.proj_v = nn.Linear(dim, dim, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(dim, dim)
         self.capture_attn = False
         self.attn_probs: torch.Tensor | None = None
 

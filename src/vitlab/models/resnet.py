@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vitlab.layers.linear import Linear
 from vitlab.models.base import HALF, ClassifierMixin, ImageModelConfig, check_images, make_head, stage_indices
 from vitlab.registry import register_model, register_variants
 
@@ -223,7 +222,7 @@ class LeNet5(_ClassicCNN):
         # C5 is a 5x5 convolution over the 5x5 map, i.e. a linear layer on the flattened map at 32x32 input;
         # the adaptive pool keeps other input sizes working.
         self.pool = nn.AdaptiveAvgPool2d(5)
-        self.classifier = nn.Sequential(Linear(16 * 25, 120), nn.Tanh(), Linear(120, 84), nn.Tanh())
+        self.classifier = nn.Sequential(nn.Linear(16 * 25, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh())
         self._init_api(cfg, 84)
         self.fc = make_head(84, cfg.num_classes)
 
@@ -243,8 +242,8 @@ class AlexNet(_ClassicCNN):
         )  # fmt: skip
         self.pool = nn.AdaptiveAvgPool2d(6)
         self.classifier = nn.Sequential(
-            nn.Dropout(cfg.dropout), Linear(256 * 36, 4096), relu(),
-            nn.Dropout(cfg.dropout), Linear(4096, 4096), relu(),
+            nn.Dropout(cfg.dropout), nn.Linear(256 * 36, 4096), relu(),
+            nn.Dropout(cfg.dropout), nn.Linear(4096, 4096), relu(),
         )  # fmt: skip
         self._init_api(cfg, 4096)
         self.fc = make_head(4096, cfg.num_classes)

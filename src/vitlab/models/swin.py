@@ -3,7 +3,7 @@
 Self-attention inside non-overlapping W x W windows with a learned relative position bias ((2W-1)^2 x heads table,
 sec. 3.2); every second block shifts the windows by W//2 (cyclic roll) and masks pairs that come from different
 regions of the rolled map (-100 before the softmax); patch merging between stages concatenates 2x2 neighbours
--> LN(4C) -> Linear(4C -> 2C, no bias). Where a stage's map is not larger than the window, the window shrinks to the
+-> LN(4C) -> nn.Linear(4C -> 2C, no bias). Where a stage's map is not larger than the window, the window shrinks to the
 map and the shift is dropped (as the official code does).
 
 Differences from the official code: activations stay channels-last (B, H, W, C) between blocks, as in timm, whose
@@ -22,7 +22,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import DropPath, Mlp
-from vitlab.layers.linear import Linear
 from vitlab.models.base import (
     ClassifierMixin,
     ImageModelConfig,
@@ -67,8 +66,8 @@ class WindowAttention(nn.Module):
         self.window_size = window_size
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         self.register_buffer("relative_position_index", relative_position_index(window_size), persistent=False)
-        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = Linear(dim, dim)
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
         self.capture_attn = False
         self.attn_probs: torch.Tensor | None = None
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
@@ -142,7 +141,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(4 * dim, eps=eps)
-        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
