@@ -33,7 +33,7 @@ def test_train_prints_accuracy(trained_run, capsys):
     out = trained_run.parent / "again"
     assert main(["train", "--epochs", "1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "final test accuracy: top-1" in text and "report.md" in text
+    assert "final test top-1 accuracy:" in text and "report.md" in text
 
 
 def test_models_table(capsys):

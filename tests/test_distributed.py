@@ -19,6 +19,7 @@ from tests.conftest import make_image_folder
 from vitlab import create_model, save_checkpoint
 from vitlab.cli.main import main
 from vitlab.engine import TrainConfig, train
+from vitlab.engine.tasks import DistillationConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def test_two_ranks_equal_one_process_with_double_batch(tmp_path):
     r = _torchrun("--model", "vit_micro_patch4_16", "--data", str(data), "--epochs", "1", "--warmup-epochs", "0",
                   "--no-augment", "--batch-size", "4", "--out", str(tmp_path / "ddp"))  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("final test accuracy") == 1  # rank 0 reports, once
+    assert r.stdout.count("final test top-1 accuracy") == 1  # rank 0 reports, once
     a = load_file(tmp_path / "single" / "checkpoint.safetensors")
     b = load_file(tmp_path / "ddp" / "checkpoint.safetensors")
     for k in a:
@@ -90,11 +91,12 @@ def test_distillation_under_ddp_equals_one_process(tmp_path):
     torch.manual_seed(1)
     save_checkpoint(create_model("vit_micro_patch4_16", num_classes=2), teacher)
     common = dict(model="deit_micro_distilled_patch4_8", img_size=16, data=str(data), epochs=1, warmup_epochs=0,
-                  no_augment=True, teacher=str(teacher), distill="soft")  # fmt: skip
+                  no_augment=True, task="distillation",
+                  task_cfg=DistillationConfig(teacher=str(teacher), distill="soft"))  # fmt: skip
     train(TrainConfig(**common, batch_size=8, device="cpu", out=str(tmp_path / "single")))
     r = _torchrun("--model", common["model"], "--img-size", "16", "--data", str(data), "--epochs", "1",
-                  "--warmup-epochs", "0", "--no-augment", "--teacher", str(teacher), "--distill", "soft",
-                  "--batch-size", "4", "--out", str(tmp_path / "ddp"))  # fmt: skip
+                  "--warmup-epochs", "0", "--no-augment", "--task", "distillation", "--teacher", str(teacher),
+                  "--distill", "soft", "--batch-size", "4", "--out", str(tmp_path / "ddp"))  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     _assert_same_weights(tmp_path / "single", tmp_path / "ddp", atol=1e-5)  # head_dist included: it was synchronised
 
@@ -107,7 +109,9 @@ def test_fsdp_step_equals_one_process_and_resumes(tmp_path):
                       batch_size=8, device="cpu", out=str(tmp_path / "single")))  # fmt: skip
     r = _torchrun(*base, "--fsdp", "--epochs", "1", "--batch-size", "4", "--out", str(tmp_path / "fsdp"))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("final test accuracy") == 1 and "FSDP: 5 sharded units over 2 ranks" in r.stdout  # 4 blocks
+    assert (
+        r.stdout.count("final test top-1 accuracy") == 1 and "FSDP: 5 sharded units over 2 ranks" in r.stdout
+    )  # 4 blocks
     _assert_same_weights(tmp_path / "single", tmp_path / "fsdp", atol=1e-5)
     # the checkpoint holds full, plain tensors: it loads in one process like any other
     assert vitlab.load_checkpoint(tmp_path / "fsdp").pos_embed.shape == (1, 17, 64)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vitlab.engine.mixup import mix_batch
+from vitlab.data.mixup import mix_batch
 from vitlab.engine.optim import param_groups, warmup_cosine
 from vitlab.losses import cross_entropy, distillation_loss, one_hot_smooth
 from vitlab.registry import create_model

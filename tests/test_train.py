@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from vitlab.engine import TrainConfig, train
+from vitlab.engine.tasks import ClassificationConfig, DistillationConfig
 from vitlab.errors import ConfigError
 
 FAST = dict(epochs=2, batch_size=128, warmup_epochs=0.5)
@@ -31,7 +32,7 @@ def test_run_directory_contents(tmp_path):
 
 
 def test_resume_matches_uninterrupted(tmp_path):
-    cfg = dict(epochs=3, batch_size=128, warmup_epochs=1, ema=True, mixup=0.4)
+    cfg = dict(epochs=3, batch_size=128, warmup_epochs=1, ema=True, task_cfg=ClassificationConfig(mixup=0.4))
     full = train(TrainConfig(out=str(tmp_path / "a"), **cfg))
     part = train(TrainConfig(out=str(tmp_path / "b"), stop_after=1, **cfg))
     assert part.final is None and len(part.metrics) == 1
@@ -55,8 +56,9 @@ def test_existing_run_is_not_overwritten(tmp_path):
 def test_flags_smoke(tmp_path):
     r = train(
         TrainConfig(
-            out=str(tmp_path / "r"), epochs=1, batch_size=64, accum_steps=2, bf16=True, cutmix=1.0, mixup=0.8,
-            ema=True, clip_grad=0.5, drop_path=0.2, img_size=16, grad_checkpointing=True,
+            out=str(tmp_path / "r"), epochs=1, batch_size=64, accum_steps=2, bf16=True, ema=True,
+            task_cfg=ClassificationConfig(cutmix=1.0, mixup=0.8),
+            clip_grad=0.5, drop_path=0.2, img_size=16, grad_checkpointing=True,
         )
     )  # fmt: skip
     assert torch.isfinite(torch.tensor(r.metrics[-1]["train_loss"])) and "val_acc_ema" in r.metrics[-1]
@@ -67,8 +69,8 @@ def test_distillation_and_transfer(tmp_path):
     for kind in ("hard", "soft"):
         s = train(
             TrainConfig(
-                model="deit_micro_distilled_patch4_8", out=str(tmp_path / kind), teacher=str(teacher.out),
-                distill=kind, **FAST,
+                model="deit_micro_distilled_patch4_8", out=str(tmp_path / kind), task="distillation",
+                task_cfg=DistillationConfig(teacher=str(teacher.out), distill=kind), **FAST,
             )
         )  # fmt: skip
         assert s.final.top1 > 0.1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, argv: list[str]) -> None:
     p = sub.add_parser("bench", help="benchmark models against timm / HF transformers in one run")
     p.add_argument("--models", default="vit_small_patch16_224", help="registered name or shell pattern")
     p.add_argument("--batch-size", type=int, default=8)

@@ -22,3 +22,24 @@ def load_model(checkpoint: str, model: str | None) -> nn.Module:
     if checkpoint_model_name(checkpoint) is None:
         raise ConfigError(f"--checkpoint {checkpoint} is not a vitlab checkpoint; name its architecture with --model")
     return load_checkpoint(checkpoint)
+
+
+def checkpoint_task(checkpoint: str) -> str | None:
+    """The task a vitlab checkpoint was trained for (from its metadata), or None when it does not say."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    from vitlab.weights import CHECKPOINT_FILE
+
+    path = Path(checkpoint)
+    file = path / CHECKPOINT_FILE if path.is_dir() else path
+    if file.suffix != ".safetensors" or not file.is_file():
+        return None
+    try:
+        with safe_open(str(file), "pt") as f:
+            extra = json.loads((f.metadata() or {}).get("extra", "{}"))
+    except Exception:  # a corrupt file: loading it reports the error properly
+        return None
+    return extra.get("task") if isinstance(extra, dict) else None

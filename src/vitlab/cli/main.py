@@ -11,22 +11,23 @@ from vitlab.errors import VitlabError
 SUBCOMMANDS = ("train", "eval", "predict", "models", "bench", "scaling")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    """argv decides which flags exist: `vitlab train --task NAME` shows that task's flags only."""
     import importlib
 
     parser = argparse.ArgumentParser(prog="vitlab", description="vision transformers: train, evaluate, inspect")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
-        importlib.import_module(f"vitlab.cli.{name}_cmd").add_parser(sub)
+        importlib.import_module(f"vitlab.cli.{name}_cmd").add_parser(sub, argv)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from vitlab.runtime import keep_freed_memory
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     keep_freed_memory()  # up to a quarter of small-model CPU time is page faults otherwise (see vitlab.runtime)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stdout, force=True

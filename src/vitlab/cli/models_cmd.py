@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, argv: list[str]) -> None:
     p = sub.add_parser("models", help="list registered models with parameter counts and GFLOPs")
     p.add_argument("pattern", nargs="?", default="*", help="shell-style pattern, e.g. 'deit_*'")
     p.add_argument("--img-size", type=int, default=None, help="count FLOPs at this input size")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, argv: list[str]) -> None:
     from vitlab.cli.common import add_checkpoint_args
 
     p = sub.add_parser("predict", help="classify image files and print the top-k labels")

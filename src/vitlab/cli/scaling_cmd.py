@@ -17,7 +17,7 @@ def _ints(text: str, flag: str) -> list[int]:
     return values
 
 
-def add_parser(sub) -> None:
+def add_parser(sub, argv: list[str]) -> None:
     p = sub.add_parser("scaling", help="attention memory vs tokens and Swin vs ViT FLOPs vs resolution")
     p.add_argument("--tokens", default="196,784,1764,3136", help="token counts for the attention-memory sweep")
     p.add_argument("--dim", type=int, default=384, help="attention width (384 = ViT-S)")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from vitlab.data.datasets import (
     ArrayDataset,
     DataSplits,
@@ -14,6 +12,7 @@ from vitlab.data.datasets import (
     load_digits_dataset,
     load_mnist,
     read_image,
+    stratified_split,
 )
 from vitlab.data.transforms import ImageTransform, TransformedDataset
 from vitlab.errors import DataError
@@ -28,17 +27,6 @@ __all__ = [
     "read_image",
     "stratified_split",
 ]
-
-
-def stratified_split(targets: list[int], test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Index arrays (train, test) with each class split in the same proportion."""
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(targets))
-    counts = np.bincount(targets)
-    stratify = targets if counts[counts > 0].min() >= 2 else None
-    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=stratify)
-    return np.sort(train), np.sort(test)
 
 
 def load_data(spec: str, test_fraction: float = 0.2) -> DataSplits:

@@ -104,6 +104,17 @@ def read_image(path: str | Path) -> torch.Tensor:
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1)  # (C, H, W)
 
 
+def stratified_split(targets: list[int], test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Index arrays (train, test) with each class split in the same proportion."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(targets))
+    counts = np.bincount(targets)
+    stratify = targets if counts[counts > 0].min() >= 2 else None
+    train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=stratify)
+    return np.sort(train), np.sort(test)
+
+
 # ----- built-in and file-format data sets --------------------------------------------------------------------------
 def load_digits_dataset() -> ArrayDataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, grey levels 0..16), no download."""

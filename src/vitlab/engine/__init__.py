@@ -1,7 +1,7 @@
-"""Training and evaluation engine."""
+"""Training and evaluation engine: one loop for every task."""
 
 from vitlab.engine.config import TrainConfig
-from vitlab.engine.evaluate import EvalResult, evaluate
+from vitlab.engine.evaluators import EvalResult, Evaluator, evaluate
 from vitlab.engine.trainer import TrainResult, train
 
-__all__ = ["EvalResult", "TrainConfig", "TrainResult", "evaluate", "train"]
+__all__ = ["EvalResult", "Evaluator", "TrainConfig", "TrainResult", "evaluate", "train"]

@@ -1,18 +1,26 @@
-"""Training configuration: every field is a flag of `vitlab train` (the help text is the why)."""
+"""Run-level training configuration: every field is a flag of `vitlab train` (the help text is the why).
+
+What a task needs beyond these (label smoothing, a teacher, ...) lives in that task's own config dataclass
+(`vitlab.engine.tasks`), given as `task_cfg`; its flags appear only under `vitlab train --task NAME`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from vitlab.errors import ConfigError
 
 
 def _f(default, help: str):
     return field(default=default, metadata={"help": help})
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
+    task: str = _f("classification", "what to train (see the list above); each task has flags of its own")
     model: str = _f("vit_micro_patch4_8", "registered model name (`vitlab models` lists them)")
-    data: str = _f("digits", "digits | cifar10:DIR | cifar100:DIR | mnist:DIR | an ImageFolder DIR")
+    data: str | None = _f(None, "data spec (default: the task's embedded set, digits): digits | cifar10:DIR | "
+                                "cifar100:DIR | mnist:DIR | an ImageFolder DIR")  # fmt: skip
     out: str = _f("runs/train", "run directory: config, metrics, checkpoints, report")
     epochs: int = _f(60, "training epochs")
     batch_size: int = _f(64, "images per batch")
@@ -24,10 +32,7 @@ class TrainConfig:
     pretrained: str | None = _f(None, "checkpoint to start from: vitlab run/file, transformers dir, timm file")
     freeze_backbone: bool = _f(False, "train only the new head (transfer learning: feature extractor frozen)")
     unfreeze_epoch: int | None = _f(None, "with --freeze-backbone: fine-tune everything from this epoch on")
-    label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy")
     no_augment: bool = _f(False, "no random flips, crops or affine warps (deterministic inputs)")
-    mixup: float = _f(0.0, "mixup alpha, 0 = off (DeiT: 0.8)")
-    cutmix: float = _f(0.0, "cutmix alpha, 0 = off (DeiT: 1.0)")
     drop_path: float | None = _f(None, "stochastic depth rate (default: the model's)")
     ema: bool = _f(False, "keep an exponential moving average of the weights and evaluate it too")
     ema_decay: float = _f(0.998, "EMA decay per optimiser step")
@@ -38,12 +43,21 @@ class TrainConfig:
     accum_steps: int = _f(1, "gradient accumulation: one optimiser step every N batches")
     seed: int = _f(0, "seed for initialisation, shuffling, augmentation and dropout")
     resume: bool = _f(False, "continue the run in --out from its last completed epoch")
-    teacher: str | None = _f(None, "teacher checkpoint for distillation (DeiT)")
-    teacher_model: str | None = _f(None, "teacher architecture when --teacher is not a vitlab checkpoint")
-    distill: str = _f("hard", "distillation: hard (teacher argmax) or soft (KL at temperature tau)")
-    alpha: float = _f(0.5, "weight of the distillation term")
-    tau: float = _f(1.0, "soft-distillation temperature")
     workers: int = _f(0, "DataLoader worker processes")
     device: str = _f("auto", "auto | cpu | cuda")
     test_fraction: float = _f(0.2, "held-out share for data sets without their own test split")
     stop_after: int | None = _f(None, "stop after N epochs in this invocation; --resume continues")
+    task_cfg: object = field(default=None, metadata={"cli": False})  # the task's config; None = its defaults
+
+    def __post_init__(self) -> None:
+        for flag, v in (("epochs", self.epochs), ("batch_size", self.batch_size), ("accum_steps", self.accum_steps)):
+            if v < 1:
+                raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
+        if self.unfreeze_epoch is not None and not self.freeze_backbone:
+            raise ConfigError("--unfreeze-epoch needs --freeze-backbone")
+        if self.clip_grad is not None and self.clip_grad < 0:
+            raise ConfigError(f"--clip-grad must be >= 0 (0 = off), got {self.clip_grad}")

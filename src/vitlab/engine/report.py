@@ -1,13 +1,39 @@
-"""Run report: report.md with the config, final metrics, per-class accuracy, and PNG plots."""
+"""Run report: report.md assembled from sections (markdown + PNG figures); the engine adds the shared ones.
+
+The engine writes the title, the final metrics, the training curves and the configuration; each task adds its own
+sections (classification: confusion matrix and per-class accuracy). Figures are drawn on `matplotlib.figure.Figure`
+with the Agg canvas, so writing a report changes no process-wide matplotlib state (no pyplot, no backend switch).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from vitlab.engine.evaluate import EvalResult
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from vitlab.weights.io import atomic_write
+
+
+@dataclass
+class Section:
+    title: str
+    lines: list[str] = field(default_factory=list)  # markdown
+    figures: dict[str, Figure] = field(default_factory=dict)  # PNG file name -> figure, shown after the lines
+
+
+def new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> None:
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -16,77 +42,46 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def table(header: tuple[str, str], rows: list[tuple]) -> list[str]:
+    return [f"| {header[0]} | {header[1]} |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
 
 
-def plot_curves(metrics: list[dict], path: Path) -> None:
-    plt = _plt()
+def curves_section(metrics: list[dict], primary: str, primary_label: str) -> Section:
+    """Loss (train and test) and the primary metric per epoch; the EMA model's metric where it was kept."""
+    fig = new_figure(10, 3.8)
+    ax_loss, ax_metric = fig.subplots(1, 2)
     epochs = [m["epoch"] for m in metrics]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(epochs, [m["train_loss"] for m in metrics], label="train")
-    ax_loss.plot(epochs, [m["val_loss"] for m in metrics], label="test")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_acc.plot(epochs, [m["train_acc"] for m in metrics], label="train")
-    ax_acc.plot(epochs, [m["val_acc"] for m in metrics], label="test")
-    if any("val_acc_ema" in m for m in metrics):
-        ax_acc.plot(epochs, [m.get("val_acc_ema", math.nan) for m in metrics], label="test (EMA)")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy", title="accuracy", ylim=(0, 1.02))
-    for ax in (ax_loss, ax_acc):
+    ax_loss.plot(epochs, [m.get("val_loss", math.nan) for m in metrics], label="test")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    for key, label in ((f"train_{primary}", "train"), (f"val_{primary}", "test"), (f"val_{primary}_ema", "test (EMA)")):
+        if any(key in m for m in metrics):
+            ax_metric.plot(epochs, [m.get(key, math.nan) for m in metrics], label=label)
+    ax_metric.set(xlabel="epoch", ylabel=primary_label, title=primary_label)
+    for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return Section("Training curves", figures={"curves.png": fig})
 
 
-def plot_confusion(result: EvalResult, classes: list[str], path: Path) -> None:
-    plt = _plt()
-    K = len(classes)
-    size = min(12, 3 + 0.4 * K)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    im = ax.imshow(result.confusion, cmap="Blues")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    if K <= 30:
-        ax.set_xticks(range(K), classes, rotation=90 if K > 10 else 0)
-        ax.set_yticks(range(K), classes)
-        peak = max(max(row) for row in result.confusion) or 1
-        for i, row in enumerate(result.confusion):
-            for j, v in enumerate(row):
-                if v:
-                    ax.text(j, i, v, ha="center", va="center", fontsize=8, color="white" if v > peak / 2 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (top-1 {result.top1:.4f})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_report(out: Path, cfg, metrics: list[dict], result: EvalResult, classes: list[str], info: dict) -> Path:
-    plot_curves(metrics, out / "curves.png")
-    plot_confusion(result, classes, out / "confusion.png")
-    lines = [
-        f"# Run report: {cfg.model} on {cfg.data}",
-        "",
-        "## Final metrics (test split)",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        f"| top-1 accuracy | {result.top1:.4f} |",
-        f"| top-5 accuracy | {result.top5:.4f} |",
-        f"| loss | {result.loss:.4f} |",
-        f"| test images | {result.count} |",
-    ]
-    lines += [f"| {k} | {v} |" for k, v in info.items()]
-    lines += ["", "![loss and accuracy](curves.png)", "", "![confusion matrix](confusion.png)", ""]
-    lines += ["## Per-class accuracy", "", "| class | accuracy |", "|---|---|"]
-    lines += [f"| {c} | {a:.4f} |" for c, a in zip(classes, result.per_class, strict=True)]
-    lines += ["", "## Configuration", "", "| field | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in dataclasses.asdict(cfg).items()]
+def write_report(out: Path, title: str, summary: list[tuple], sections: list[Section], config: dict) -> Path:
+    """report.md in `out` with the figures of every section beside it; returns its path."""
+    lines = [f"# {title}", "", "## Final metrics (test split)", "", *table(("metric", "value"), summary), ""]
+    for section in sections:
+        lines += [f"## {section.title}", "", *section.lines]
+        for name, fig in section.figures.items():
+            save_figure(fig, out / name)
+            lines += ["", f"![{section.title.lower()}]({name})"]
+        lines.append("")
+    lines += ["## Configuration", "", *table(("field", "value"), list(_flatten(config))), ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines)))
     return path
+
+
+def _flatten(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v

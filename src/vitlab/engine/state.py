@@ -32,9 +32,13 @@ def save_run_state(
     ema_model: nn.Module | None,
     extra: dict,
     gathered: tuple[dict, dict] | None = None,
+    task: str = "classification",
 ) -> None:
-    """gathered: (weights, optimizer state) of a sharded model, from `sharding.full_state`."""
-    tag = {"epoch": epoch}
+    """gathered: (weights, optimizer state) of a sharded model, from `sharding.full_state`.
+
+    The weight files carry the epoch and the task in their metadata (`vitlab eval` picks its evaluator by the task).
+    """
+    tag = {"epoch": epoch, "task": task}
     weights, opt = gathered if gathered is not None else (model.state_dict(), optimizer.state_dict())
     save_checkpoint(model, out / CHECKPOINT_FILE, extra=tag, state_dict=weights)
     if ema_model is not None:

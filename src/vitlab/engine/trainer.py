@@ -1,7 +1,14 @@
-"""The training loop: config -> data -> model -> method -> AdamW + warm-up/cosine -> evaluation -> run directory.
+"""The task-agnostic training loop: config -> task data -> model -> method -> AdamW + warm-up/cosine -> evaluator
+-> run directory.
+
+`train` reads like the data flow: resolve the config (a resumed run takes its saved one), build everything that can
+fail on bad input before the run directory is touched (`build_run`), start or resume (`start_run`), fit epoch by
+epoch (`fit`), then write the report (`finish`). The task (`vitlab.engine.tasks`) supplies the data, the method that
+turns a batch into unweighted losses, the evaluator with its primary metric, and the report sections.
 
 Run directory: config.json, metrics.jsonl (one line per epoch), checkpoint.safetensors + train_state.safetensors +
-state.json (every epoch, atomically), report.md with curves.png and confusion.png at the end.
+state.json (every epoch, atomically), checkpoint_best.safetensors (best primary metric so far), report.md with its
+PNG figures at the end.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import json
 import logging
 import math
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,26 +28,27 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from vitlab.data import ImageTransform, TransformedDataset, load_data
+from vitlab.data import DataSplits
 from vitlab.engine.config import TrainConfig
 from vitlab.engine.distributed import DistContext, all_reduce_sum, barrier, init_distributed, shutdown
 from vitlab.engine.ema import ModelEma
-from vitlab.engine.evaluate import EvalResult, evaluate
-from vitlab.engine.mixup import mix_batch
+from vitlab.engine.evaluators import EvalResult, Evaluator, evaluate
 from vitlab.engine.optim import build_optimizer, warmup_cosine
-from vitlab.engine.report import read_metrics, write_report
+from vitlab.engine.report import curves_section, read_metrics, write_report
 from vitlab.engine.sharding import full_state, shard_model
 from vitlab.engine.state import STATE_JSON, load_run_state, save_run_state
+from vitlab.engine.tasks import Task, get_task
 from vitlab.errors import CheckpointError, ConfigError
-from vitlab.methods import Distillation, Supervised
+from vitlab.methods import Method, weighted_loss
 from vitlab.registry import create_model
-from vitlab.weights import checkpoint_model_name, load_checkpoint
+from vitlab.weights import save_checkpoint
 from vitlab.weights.io import atomic_write
 
 log = logging.getLogger(__name__)
 
 # Fields a resumed run may change; everything else comes from the run's config.json.
 RESUME_MUTABLE = {"resume", "stop_after", "workers", "device", "fsdp"}  # checkpoints do not depend on fsdp
+BEST_FILE = "checkpoint_best.safetensors"
 
 
 @dataclass
@@ -49,6 +58,33 @@ class TrainResult:
     metrics: list[dict]
     seconds: float
     is_main: bool = True  # False on the other ranks of a torchrun job (they write and report nothing)
+    evaluator: Evaluator | None = None  # names the metrics of `final` (primary metric, display labels)
+
+
+@dataclass
+class Run:
+    """Everything one training run builds, handed from step to step of `train`."""
+
+    cfg: TrainConfig
+    task: Task
+    ctx: DistContext
+    device: torch.device
+    splits: DataSplits
+    model: nn.Module  # the bare model: saved, evaluated, averaged by EMA
+    step_model: nn.Module  # what the method's step calls: the method's train module, DDP-wrapped under torchrun
+    method: Method
+    evaluator: Evaluator
+    train_loader: DataLoader
+    test_loader: DataLoader
+    sampler: DistributedSampler | None
+    loader_gen: torch.Generator
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: ModelEma | None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
 
 
 def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
@@ -68,19 +104,6 @@ def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
     return device
 
 
-def _check(cfg: TrainConfig) -> None:
-    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "accum_steps": cfg.accum_steps}
-    for k, v in positive.items():
-        if v < 1:
-            raise ConfigError(f"--{k.replace('_', '-')} must be >= 1, got {v}")
-    if cfg.lr <= 0:
-        raise ConfigError(f"--lr must be > 0, got {cfg.lr}")
-    if not 0 < cfg.test_fraction < 1:
-        raise ConfigError(f"--test-fraction must be in (0, 1), got {cfg.test_fraction}")
-    if cfg.unfreeze_epoch is not None and not cfg.freeze_backbone:
-        raise ConfigError("--unfreeze-epoch needs --freeze-backbone")
-
-
 def _seed_epoch(seed: int, epoch: int, loader_gen: torch.Generator, rank: int) -> np.random.Generator:
     """All randomness of an epoch derives from (seed, epoch, rank): a resumed run replays it exactly."""
     s = seed * 100_003 + epoch
@@ -89,229 +112,302 @@ def _seed_epoch(seed: int, epoch: int, loader_gen: torch.Generator, rank: int) -
     return np.random.default_rng([seed, epoch, rank])
 
 
-def build_teacher(cfg: TrainConfig, device: torch.device) -> nn.Module:
-    name = cfg.teacher_model or checkpoint_model_name(cfg.teacher)
-    if name is None:
-        raise ConfigError(
-            f"--teacher {cfg.teacher}: not a vitlab checkpoint; give its architecture with --teacher-model"
-        )
-    if cfg.teacher_model is None:
-        return load_checkpoint(cfg.teacher).to(device)
-    return create_model(name, pretrained=cfg.teacher).to(device)
-
-
 def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
     heads = tuple(f"{h}." for h in model.get_classifier_names())
     for name, p in model.named_parameters():
         p.requires_grad_(trainable or name.startswith(heads))
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train in this process, or as one rank of a `torchrun` job (then only rank 0 writes and logs)."""
-    ctx = init_distributed(cfg.device)
-    try:
-        return _train(cfg, ctx)
-    finally:
-        shutdown(ctx)
+# ----- configuration ----------------------------------------------------------------------------------------------
+def config_from_json(saved: dict) -> TrainConfig:
+    """The TrainConfig a run directory's config.json describes (also the flat layout of runs before tasks)."""
+    saved = dict(saved)
+    task = get_task(saved.pop("task", None) or ("distillation" if saved.get("teacher") else "classification"))
+    task_fields = {f.name for f in dataclasses.fields(task.config_cls)}
+    task_values = dict(saved.pop("task_cfg", None) or {})
+    task_values.update({k: saved.pop(k) for k in list(saved) if k in task_fields})
+    run_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(saved) - run_fields)
+    if unknown:
+        raise CheckpointError(f"config.json: unknown field(s) {', '.join(unknown)}")
+    return TrainConfig(**saved, task=task.name, task_cfg=task.config_cls(**task_values))
 
 
-def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
-    t_start = time.perf_counter()
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """The config this invocation runs: a resumed run's saved one (with RESUME_MUTABLE from `cfg`), task defaults in.
+
+    Refuses an --out that already holds a run unless resuming; nothing is written here.
+    """
     out = Path(cfg.out)
     if cfg.resume:
         saved = out / "config.json"
         if not saved.is_file():
             raise CheckpointError(f"--resume: {saved} not found; nothing to resume in {out}")
-        fields = json.loads(saved.read_text())
-        cfg = TrainConfig(**{**fields, **{k: getattr(cfg, k) for k in RESUME_MUTABLE}})
+        try:
+            fields = json.loads(saved.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"--resume: {saved} is not valid JSON ({e})") from None
+        cfg = dataclasses.replace(config_from_json(fields), **{k: getattr(cfg, k) for k in RESUME_MUTABLE})
     elif (out / STATE_JSON).exists() or (out / "config.json").exists():
         raise ConfigError(f"--out {out} already holds a run; pass --resume to continue it or choose another --out")
-    _check(cfg)
-    barrier(ctx)  # every rank has checked --out before rank 0 writes into it
-    device = resolve_device(cfg.device, ctx)
-    if not ctx.is_main:
-        logging.getLogger("vitlab").setLevel(logging.WARNING)
-    if cfg.fsdp:
-        if not ctx.enabled:
-            raise ConfigError("--fsdp shards across the processes of a torchrun job: torchrun --nproc-per-node N ...")
-        for flag, on in (("--ema", cfg.ema), ("--freeze-backbone", cfg.freeze_backbone)):
-            if on:
-                raise ConfigError(f"{flag} is not supported with --fsdp; train without --fsdp (DDP) to use it")
+    task = get_task(cfg.task)
+    tcfg = task.config_cls() if cfg.task_cfg is None else cfg.task_cfg
+    if not isinstance(tcfg, task.config_cls):
+        raise ConfigError(f"task_cfg is a {type(tcfg).__name__}; --task {task.name} takes a {task.config_cls.__name__}")
+    return dataclasses.replace(cfg, data=cfg.data or task.default_data, task_cfg=tcfg)
 
-    # Everything that can fail on bad input happens before the run directory is touched.
-    torch.manual_seed(cfg.seed)
-    splits = load_data(cfg.data, cfg.test_fraction)
-    num_classes = len(splits.classes)
+
+# ----- building a run ---------------------------------------------------------------------------------------------
+def build_model(cfg: TrainConfig, task: Task, splits: DataSplits, device: torch.device, ctx: DistContext) -> nn.Module:
     overrides = {} if cfg.drop_path is None else {"drop_path_rate": cfg.drop_path}
-    model = create_model(
-        cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, img_size=cfg.img_size, **overrides
-    )
-    model.cfg.labels = list(splits.classes)
+    overrides.update(task.model_kwargs(splits))
+    model = create_model(cfg.model, pretrained=cfg.pretrained, img_size=cfg.img_size, **overrides)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     model.to(device)
     if cfg.fsdp:  # before the optimizer, which must see the sharded parameters
         units = shard_model(model, device)
         log.info("FSDP: %d sharded units over %d ranks", units, ctx.world_size)
-    mcfg = model.cfg
-    natural = splits.natural_images
-    aug = not cfg.no_augment
-    train_tf = ImageTransform(
-        mcfg.img_size, mcfg.in_chans, mcfg.mean, mcfg.std, train=aug, hflip=natural, affine=not natural
-    )
-    test_tf = ImageTransform(mcfg.img_size, mcfg.in_chans, mcfg.mean, mcfg.std, train=False)
-    train_set, test_set = TransformedDataset(splits.train, train_tf), TransformedDataset(splits.test, test_tf)
+    return model
+
+
+def build_loaders(
+    cfg: TrainConfig, task: Task, splits: DataSplits, model: nn.Module, ctx: DistContext
+) -> tuple[DataLoader, DataLoader, DistributedSampler | None, torch.Generator]:
+    train_set, test_set = task.datasets(splits, model, augment=not cfg.no_augment)
     train_set[0], test_set[0]  # channel / size problems surface here, not mid-epoch  # noqa: B018
     loader_gen = torch.Generator()
     sampler = None
     if ctx.enabled:  # --batch-size is per process; the global batch is world_size times larger
         sampler = DistributedSampler(train_set, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed)
     train_loader = DataLoader(
-        train_set, cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+        train_set, cfg.batch_size, shuffle=sampler is None, sampler=sampler, collate_fn=task.collate,
         drop_last=len(train_set) > cfg.batch_size * ctx.world_size, num_workers=cfg.workers, generator=loader_gen,
     )  # fmt: skip
-    test_loader = DataLoader(test_set, max(cfg.batch_size, 256), num_workers=cfg.workers)
+    test_loader = DataLoader(test_set, max(cfg.batch_size, 256), num_workers=cfg.workers, collate_fn=task.collate)
+    return train_loader, test_loader, sampler, loader_gen
 
-    if cfg.teacher:
-        method = Distillation(build_teacher(cfg, device), cfg.distill, cfg.alpha, cfg.tau, cfg.label_smoothing)
-    else:
-        method = Supervised(cfg.label_smoothing)
+
+def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
+    """Everything that can fail on bad input (data, model, teacher, flags) happens here, before any write."""
+    task = get_task(cfg.task)
+    device = resolve_device(cfg.device, ctx)
+    if cfg.fsdp:
+        if not ctx.enabled:
+            raise ConfigError("--fsdp shards across the processes of a torchrun job: torchrun --nproc-per-node N ...")
+        for flag, on in (("--ema", cfg.ema), ("--freeze-backbone", cfg.freeze_backbone)):
+            if on:
+                raise ConfigError(f"{flag} is not supported with --fsdp; train without --fsdp (DDP) to use it")
+    torch.manual_seed(cfg.seed)
+    splits = task.load_data(cfg.data, cfg.test_fraction, cfg.task_cfg)
+    model = build_model(cfg, task, splits, device, ctx)
+    train_loader, test_loader, sampler, loader_gen = build_loaders(cfg, task, splits, model, ctx)
+    method = task.build_method(cfg.task_cfg, splits, device)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accum_steps)
-    total = steps_per_epoch * cfg.epochs
-    schedule = warmup_cosine(total, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    ema = ModelEma(model, cfg.ema_decay) if cfg.ema else None
-    # The method calls the DDP wrapper (gradients averaged across ranks); the bare model is saved and evaluated.
-    # A frozen backbone has parameters without gradients, which DDP must be told to expect.
-    step_model = model
+    schedule = warmup_cosine(steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr)
+    # The method's step calls the DDP wrapper (gradients averaged across ranks); the bare model is saved and
+    # evaluated. A frozen backbone has parameters without gradients, which DDP must be told to expect.
+    step_model = method.train_module(model)
     if ctx.enabled and not cfg.fsdp:
-        step_model = DistributedDataParallel(model, find_unused_parameters=cfg.freeze_backbone)
-
-    start_epoch = 1
-    if cfg.resume:
-        state = load_run_state(
-            out, model=model, optimizer=optimizer, scheduler=scheduler, ema_model=ema.module if ema else None,
-            sharded=cfg.fsdp,
-        )  # fmt: skip
-        start_epoch = state["epoch"] + 1
-        if ctx.is_main:
-            kept = [m for m in read_metrics(out / "metrics.jsonl") if m["epoch"] <= state["epoch"]]
-            _write_metrics(out, kept)
-        log.info("resuming %s at epoch %d of %d", out, start_epoch, cfg.epochs)
-    elif ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "%s: %s params, %d classes, %d train / %d test images, device %s",
-        cfg.model, f"{n_params:,}", num_classes, len(train_set), len(test_set), device,
+        step_model = DistributedDataParallel(step_model, find_unused_parameters=cfg.freeze_backbone)
+    return Run(
+        cfg=cfg, task=task, ctx=ctx, device=device, splits=splits, model=model, step_model=step_model, method=method,
+        evaluator=task.build_evaluator(splits, cfg.task_cfg), train_loader=train_loader, test_loader=test_loader,
+        sampler=sampler, loader_gen=loader_gen, optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule),
+        ema=ModelEma(model, cfg.ema_decay) if cfg.ema else None,
     )  # fmt: skip
-    result: EvalResult | None = None
+
+
+def start_run(run: Run) -> tuple[int, dict | None]:
+    """(first epoch to run, best primary metric so far): resumed from the run directory, or a fresh config.json."""
+    out, ctx = run.out, run.ctx
+    if not run.cfg.resume:
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(_config_json(run.cfg)))
+        return 1, None
+    state = load_run_state(
+        out, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+        ema_model=run.ema.module if run.ema else None, sharded=run.cfg.fsdp,
+    )  # fmt: skip
+    if ctx.is_main:
+        kept = [m for m in read_metrics(out / "metrics.jsonl") if m["epoch"] <= state["epoch"]]
+        _write_metrics(out, kept)
+    log.info("resuming %s at epoch %d of %d", out, state["epoch"] + 1, run.cfg.epochs)
+    return state["epoch"] + 1, state.get("best")
+
+
+def _config_json(cfg: TrainConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg), indent=2)
+
+
+# ----- training ---------------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> TrainResult:
+    """Train in this process, or as one rank of a `torchrun` job (then only rank 0 writes and logs)."""
+    ctx = init_distributed(cfg.device)
+    quiet = logging.getLogger("vitlab").level if not ctx.is_main else None
+    if quiet is not None:  # the other ranks log warnings only, for this run
+        logging.getLogger("vitlab").setLevel(logging.WARNING)
+    try:
+        t_start = time.perf_counter()
+        cfg = resolve_config(cfg)
+        barrier(ctx)  # every rank has checked --out before rank 0 writes into it
+        run = build_run(cfg, ctx)
+        start_epoch, best = start_run(run)
+        result = fit(run, start_epoch, best)
+        if result is None:
+            return TrainResult(run.out, None, read_metrics(run.out / "metrics.jsonl"), time.perf_counter() - t_start)
+        return finish(run, result, t_start)
+    finally:
+        if quiet is not None:
+            logging.getLogger("vitlab").setLevel(quiet)
+        shutdown(ctx)
+
+
+def fit(run: Run, start_epoch: int, best: dict | None) -> EvalResult | None:
+    """Epochs start_epoch..epochs: train, evaluate, checkpoint. None when --stop-after ends this invocation early."""
+    cfg, ctx = run.cfg, run.ctx
+    n_params = sum(p.numel() for p in run.model.parameters())
+    log.info(
+        "%s (%s): %s params, %d train / %d test samples, device %s", cfg.model, cfg.task, f"{n_params:,}",
+        len(run.train_loader.dataset), len(run.test_loader.dataset), run.device,
+    )  # fmt: skip
+    result = None
     for epochs_run, epoch in enumerate(range(start_epoch, cfg.epochs + 1), start=1):
-        rng = _seed_epoch(cfg.seed, epoch, loader_gen, ctx.rank)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        rng = _seed_epoch(cfg.seed, epoch, run.loader_gen, ctx.rank)
+        if run.sampler is not None:
+            run.sampler.set_epoch(epoch)
         if cfg.freeze_backbone:
-            set_backbone_trainable(model, cfg.unfreeze_epoch is not None and epoch >= cfg.unfreeze_epoch)
-        stats = train_one_epoch(
-            step_model, method, train_loader, optimizer, scheduler, ema, cfg, device, num_classes, rng, epoch, ctx
-        )
-        result = evaluate(model, test_loader, num_classes, device, cfg.bf16)
-        row = {"epoch": epoch, **stats, "val_loss": result.loss, "val_acc": result.top1, "val_top5": result.top5}
-        if ema is not None:
-            ema_result = evaluate(ema.module, test_loader, num_classes, device, cfg.bf16)
-            row["val_acc_ema"] = ema_result.top1
-        gathered = full_state(model, optimizer) if cfg.fsdp else None  # a collective: every rank takes part
-        if ctx.is_main:  # checkpoints are written once, by rank 0
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
-            save_run_state(
-                out, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
-                ema_model=ema.module if ema else None, extra={"seed": cfg.seed, "metrics": row}, gathered=gathered,
-            )  # fmt: skip
-        barrier(ctx)
-        log.info(
-            "epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f top5 %.4f  %.0f img/s",
-            epoch, cfg.epochs, stats["train_loss"], stats["train_acc"], result.loss, result.top1, result.top5,
-            stats["img_per_s"],
-        )  # fmt: skip
+            set_backbone_trainable(run.model, cfg.unfreeze_epoch is not None and epoch >= cfg.unfreeze_epoch)
+        row = {"epoch": epoch, **train_one_epoch(run, epoch, rng)}
+        result = evaluate(run.model, run.test_loader, run.evaluator, run.device, cfg.bf16)
+        row.update({f"val_{k}": v for k, v in result.metrics.items()})
+        primary = run.evaluator.primary
+        if run.ema is not None:
+            ema_result = evaluate(run.ema.module, run.test_loader, run.evaluator, run.device, cfg.bf16)
+            row[f"val_{primary}_ema"] = ema_result.metrics[primary]
+        improved = run.evaluator.better(result.metrics[primary], None if best is None else best["value"])
+        if improved:
+            best = {"epoch": epoch, "metric": primary, "value": result.metrics[primary]}
+        save_epoch(run, epoch, row, best, improved)
+        log.info("epoch %d/%d  %s", epoch, cfg.epochs, _epoch_line(row))
         if cfg.stop_after is not None and epochs_run >= cfg.stop_after and epoch < cfg.epochs:
             log.info("stopping after %d epoch(s) as asked; continue with --resume", epochs_run)
-            return TrainResult(out, None, read_metrics(out / "metrics.jsonl"), time.perf_counter() - t_start)
+            return None
     if result is None:  # resumed a run that had already finished (every rank: a sharded model needs them all)
-        result = evaluate(model, test_loader, num_classes, device, cfg.bf16)
-    if not ctx.is_main:
-        return TrainResult(out, result, [], time.perf_counter() - t_start, is_main=False)
-
-    metrics = read_metrics(out / "metrics.jsonl")
-    seconds = time.perf_counter() - t_start
-    info = {"parameters": f"{n_params:,}", "epochs": cfg.epochs, "wall time (this invocation)": f"{seconds:.1f} s"}
-    if ema is not None:
-        info["top-1 (EMA weights)"] = f"{evaluate(ema.module, test_loader, num_classes, device, cfg.bf16).top1:.4f}"
-    write_report(out, cfg, metrics, result, list(splits.classes), info)
-    (out / "final_metrics.json").write_text(json.dumps({**result.summary(), "per_class": result.per_class}, indent=2))
-    return TrainResult(out, result, metrics, seconds)
+        result = evaluate(run.model, run.test_loader, run.evaluator, run.device, cfg.bf16)
+    return result
 
 
-def _write_metrics(out: Path, rows: list[dict]) -> None:
-    atomic_write(out / "metrics.jsonl", lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows)))
+def _epoch_line(row: dict) -> str:
+    train = " ".join(f"{k[6:]} {v:.4f}" for k, v in row.items() if k.startswith("train_"))
+    test = " ".join(f"{k[4:]} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
+    return f"train {train}  test {test}  {row['img_per_s']:.0f} samples/s"
 
 
-def train_one_epoch(
-    model: nn.Module,
-    method,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    ema: ModelEma | None,
-    cfg: TrainConfig,
-    device: torch.device,
-    num_classes: int,
-    rng: np.random.Generator,
-    epoch: int,
-    ctx: DistContext | None = None,
-) -> dict:
+def save_epoch(run: Run, epoch: int, row: dict, best: dict | None, improved: bool) -> None:
+    """metrics.jsonl + the epoch's checkpoint (and the best one when the primary metric improved); rank 0 writes."""
+    out, ctx = run.out, run.ctx
+    gathered = full_state(run.model, run.optimizer) if run.cfg.fsdp else None  # a collective: every rank takes part
+    if ctx.is_main:
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        save_run_state(
+            out, epoch=epoch, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+            ema_model=run.ema.module if run.ema else None, gathered=gathered, task=run.task.name,
+            extra={"seed": run.cfg.seed, "metrics": row, "best": best},
+        )  # fmt: skip
+        if improved:
+            weights = None if gathered is None else gathered[0]
+            save_checkpoint(
+                run.model, out / BEST_FILE, extra={"epoch": epoch, "task": run.task.name}, state_dict=weights
+            )
+    barrier(ctx)
+
+
+def train_one_epoch(run: Run, epoch: int, rng: np.random.Generator) -> dict:
     from tqdm.auto import tqdm
 
-    model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    cfg, ctx, method, device = run.cfg, run.ctx, run.method, run.device
+    run.step_model.train()
+    sums: dict[str, float] = defaultdict(float)
+    seen = 0
     t0 = time.perf_counter()
-    quiet = ctx is not None and not ctx.is_main
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, unit="batch", disable=True if quiet else None)
-    optimizer.zero_grad(set_to_none=True)
-    n_batches = len(loader)
-    for i, (images, labels) in enumerate(bar):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        target = labels
-        if cfg.mixup > 0 or cfg.cutmix > 0:
-            images, target = mix_batch(images, labels, num_classes, cfg.mixup, cfg.cutmix, cfg.label_smoothing, rng)
+    bar = tqdm(run.train_loader, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, unit="batch",
+               disable=True if not ctx.is_main else None)  # fmt: skip
+    run.optimizer.zero_grad(set_to_none=True)
+    n_batches = len(run.train_loader)
+    for i, batch in enumerate(bar):
+        batch = method.augment(batch.to(device), rng)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-            loss, logits = method(model, images, target)
+            out = method.step(run.step_model, batch)
+        loss = weighted_loss(out.losses, method.loss_weights)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"epoch {epoch}, batch {i}: loss is {loss.item()} (try a lower --lr)")
         (loss / cfg.accum_steps).backward()
         if (i + 1) % cfg.accum_steps == 0 or i + 1 == n_batches:
-            if cfg.clip_grad:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            if ema is not None:
-                ema.update(model)
-        B = labels.shape[0]
-        total_loss += loss.item() * B
-        correct += (logits.argmax(-1) == labels).sum().item()
+            optimizer_step(run)
+        B = len(batch)
+        sums["loss"] += loss.item() * B
+        if len(out.losses) > 1:  # each term as well, unweighted
+            for k, v in out.losses.items():
+                sums[f"loss_{k}"] += v.item() * B
+        for k, v in run.evaluator.batch_stats(out.outputs, batch).items():
+            sums[k] += v
         seen += B
-        rate = seen / (time.perf_counter() - t0)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
+        bar.set_postfix(loss=f"{sums['loss'] / seen:.4f}", samples_s=f"{seen / (time.perf_counter() - t0):.0f}")
     elapsed = time.perf_counter() - t0
-    if ctx is not None and ctx.enabled:  # metrics over all ranks' samples
-        total_loss, correct, seen = all_reduce_sum([total_loss, correct, seen], ctx, device)
-    return {
-        "train_loss": total_loss / max(seen, 1),
-        "train_acc": correct / max(seen, 1),
-        "lr": optimizer.param_groups[0]["lr"],
-        "img_per_s": seen / elapsed,
-        "epoch_seconds": elapsed,
-    }
+    names = list(sums)
+    if ctx.enabled:  # metrics over all ranks' samples
+        *values, seen = all_reduce_sum([sums[k] for k in names] + [seen], ctx, device)
+        sums = dict(zip(names, values, strict=True))
+    stats = {f"train_{k}": sums[k] / max(seen, 1) for k in names}
+    return {**stats, "lr": run.optimizer.param_groups[0]["lr"], "img_per_s": seen / elapsed, "epoch_seconds": elapsed}
+
+
+def optimizer_step(run: Run) -> None:
+    if run.cfg.clip_grad:
+        nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
+
+
+# ----- the end of a run -------------------------------------------------------------------------------------------
+def finish(run: Run, result: EvalResult, t_start: float) -> TrainResult:
+    """report.md and final_metrics.json (rank 0)."""
+    cfg, out, evaluator = run.cfg, run.out, run.evaluator
+    if not run.ctx.is_main:
+        return TrainResult(out, result, [], time.perf_counter() - t_start, is_main=False)
+    metrics = read_metrics(out / "metrics.jsonl")
+    seconds = time.perf_counter() - t_start
+    primary = evaluator.primary
+    summary = [(evaluator.label(k), f"{v:.4f}") for k, v in result.metrics.items()]
+    if run.ema is not None:
+        ema_value = evaluate(run.ema.module, run.test_loader, evaluator, run.device, cfg.bf16).metrics[primary]
+        summary.append((f"{evaluator.label(primary)} (EMA weights)", f"{ema_value:.4f}"))
+    best = max(metrics, key=lambda m: m[f"val_{primary}"] * (1 if evaluator.higher_is_better else -1), default=None)
+    if best is not None:
+        summary.append((f"best {evaluator.label(primary)} ({BEST_FILE})", f"{best[f'val_{primary}']:.4f} "
+                        f"at epoch {best['epoch']}"))  # fmt: skip
+    summary += [
+        ("test samples", result.count),
+        ("parameters", f"{sum(p.numel() for p in run.model.parameters()):,}"),
+        ("epochs", cfg.epochs),
+        ("wall time (this invocation)", f"{seconds:.1f} s"),
+    ]
+    sections = [
+        curves_section(metrics, primary, evaluator.label(primary)),
+        *run.task.report_sections(result, run.splits),
+    ]
+    title = f"Run report: {cfg.model} on {cfg.data} ({run.task.name})"
+    write_report(out, title, summary, sections, json.loads(_config_json(cfg)))
+    atomic_write(out / "final_metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(result.details(), indent=2)))
+    return TrainResult(out, result, metrics, seconds, evaluator=evaluator)
+
+
+def _write_metrics(out: Path, rows: list[dict]) -> None:
+    atomic_write(out / "metrics.jsonl", lambda tmp: Path(tmp).write_text("".join(json.dumps(r) + "\n" for r in rows)))

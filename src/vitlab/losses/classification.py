@@ -23,3 +23,8 @@ def cross_entropy(*, logits: torch.Tensor, target: torch.Tensor, label_smoothing
     if target.ndim == 2:
         return soft_target_cross_entropy(logits=logits, target=target)
     return F.cross_entropy(logits.float(), target, label_smoothing=label_smoothing)
+
+
+def multilabel_bce(*, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Multi-label loss: mean over the batch and the K labels of the binary cross-entropy of sigmoid(logits)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), target.float())

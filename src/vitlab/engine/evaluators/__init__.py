@@ -1,0 +1,15 @@
+"""Evaluators: one per task, each naming its primary metric."""
+
+from vitlab.engine.evaluators.base import EvalResult, Evaluator, evaluate
+from vitlab.engine.evaluators.classification import ClassificationEvaluator, ClassificationResult
+from vitlab.engine.evaluators.multilabel import MultiLabelEvaluator, MultiLabelResult
+
+__all__ = [
+    "ClassificationEvaluator",
+    "ClassificationResult",
+    "EvalResult",
+    "Evaluator",
+    "MultiLabelEvaluator",
+    "MultiLabelResult",
+    "evaluate",
+]

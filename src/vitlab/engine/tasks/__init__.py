@@ -1,0 +1,36 @@
+"""The tasks `vitlab train --task NAME` knows; a new task is a `Task` subclass added to TASKS."""
+
+from __future__ import annotations
+
+import difflib
+
+from vitlab.engine.tasks.base import Task, TaskConfig
+from vitlab.engine.tasks.classification import (
+    ClassificationConfig,
+    ClassificationTask,
+    DistillationConfig,
+    DistillationTask,
+)
+from vitlab.engine.tasks.multilabel import MultiLabelConfig, MultiLabelTask
+from vitlab.errors import ConfigError
+
+TASKS: dict[str, Task] = {t.name: t for t in (ClassificationTask(), DistillationTask(), MultiLabelTask())}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        close = difflib.get_close_matches(name, list(TASKS), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"--task {name!r} is not a task; choose one of {', '.join(TASKS)}{hint}")
+    return TASKS[name]
+
+
+__all__ = [
+    "TASKS",
+    "ClassificationConfig",
+    "DistillationConfig",
+    "MultiLabelConfig",
+    "Task",
+    "TaskConfig",
+    "get_task",
+]

@@ -1,0 +1,78 @@
+"""A task = a batch type (and its collate) + a method + an evaluator + report sections + its config (CLI flags).
+
+The engine knows tasks only through this interface; `vitlab train --task NAME` looks one up in `vitlab.engine.tasks`.
+A task's config dataclass becomes its CLI flags (field help = flag help), shown only under `--task NAME`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from vitlab.data import DataSplits, ImageTransform, TransformedDataset
+from vitlab.engine.evaluators import EvalResult, Evaluator
+from vitlab.engine.report import Section
+from vitlab.errors import ConfigError
+from vitlab.methods import Method
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Base of the task configs (a task without options uses it as it is)."""
+
+
+class Task:
+    name: str = ""
+    help: str = ""  # one line for `vitlab train --help`
+    config_cls: type = TaskConfig
+    collate: Callable  # list of dataset samples -> the task's batch type
+    default_data: str = "digits"
+
+    def for_evaluation(self) -> Task:
+        """The task whose evaluator judges this task's checkpoints (distillation: classification, no teacher)."""
+        return self
+
+    def load_data(self, spec: str, test_fraction: float, tcfg) -> DataSplits:
+        """Train / test splits of raw samples (uint8 images and targets), before any model-specific transform."""
+        raise NotImplementedError
+
+    def model_kwargs(self, splits: DataSplits) -> dict:
+        """What the model needs from the data at construction (e.g. the number of classes and their names)."""
+        return {}
+
+    def check_model(self, model: nn.Module, splits: DataSplits, where: str) -> None:
+        """One clear error when a given model cannot serve this data (`vitlab eval` of a checkpoint)."""
+
+    def datasets(self, splits: DataSplits, model: nn.Module, augment: bool) -> tuple[Dataset, Dataset]:
+        """(train, test) data sets yielding model inputs: the model's input size, channels and normalisation."""
+        cfg = model.cfg
+        natural = splits.natural_images
+        train_tf = ImageTransform(
+            cfg.img_size, cfg.in_chans, cfg.mean, cfg.std, train=augment, hflip=natural, affine=not natural
+        )
+        test_tf = ImageTransform(cfg.img_size, cfg.in_chans, cfg.mean, cfg.std, train=False)
+        return TransformedDataset(splits.train, train_tf), TransformedDataset(splits.test, test_tf)
+
+    def build_method(self, tcfg, splits: DataSplits, device: torch.device) -> Method:
+        raise NotImplementedError
+
+    def build_evaluator(self, splits: DataSplits, tcfg) -> Evaluator:
+        raise NotImplementedError
+
+    def report_sections(self, result: EvalResult, splits: DataSplits) -> list[Section]:
+        return []
+
+    def summary_lines(self, result: EvalResult, evaluator: Evaluator, splits: DataSplits) -> list[str]:
+        """What `vitlab eval` prints: the metrics, then whatever the task adds."""
+        return ["  ".join(f"{evaluator.label(k)} {v:.4f}" for k, v in result.metrics.items())]
+
+
+def num_classes_must_match(model: nn.Module, splits: DataSplits, where: str) -> None:
+    if getattr(model, "num_classes", None) != len(splits.classes):
+        raise ConfigError(
+            f"{where} has {len(splits.classes)} classes but the checkpoint's head has {model.num_classes}"
+        )

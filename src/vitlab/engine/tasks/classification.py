@@ -1,0 +1,138 @@
+"""Image classification and DeiT distillation: ImageBatch, cross-entropy (+ teacher), top-1/top-5, confusion matrix."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vitlab.data import DataSplits, load_data
+from vitlab.data.batches import collate_images
+from vitlab.engine.evaluators import ClassificationEvaluator, ClassificationResult
+from vitlab.engine.report import Section, new_figure, table
+from vitlab.engine.tasks.base import Task, TaskConfig, num_classes_must_match
+from vitlab.errors import ConfigError
+from vitlab.methods import Distillation, Supervised
+from vitlab.registry import create_model
+from vitlab.weights import checkpoint_model_name, load_checkpoint
+
+
+def _f(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ClassificationConfig(TaskConfig):
+    label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy")
+    mixup: float = _f(0.0, "mixup alpha, 0 = off (DeiT: 0.8)")
+    cutmix: float = _f(0.0, "cutmix alpha, 0 = off (DeiT: 1.0)")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        for flag, v in (("--mixup", self.mixup), ("--cutmix", self.cutmix)):
+            if v < 0:
+                raise ConfigError(f"{flag} must be >= 0, got {v}")
+
+
+@dataclass(frozen=True)
+class DistillationConfig(ClassificationConfig):
+    teacher: str | None = _f(
+        None, "teacher checkpoint (required): vitlab run or file; other formats with --teacher-model"
+    )
+    teacher_model: str | None = _f(None, "teacher architecture when --teacher is not a vitlab checkpoint")
+    distill: str = _f("hard", "hard (CE on the teacher's argmax) or soft (KL at temperature tau)")
+    alpha: float = _f(0.5, "weight of the distillation term; the label term gets 1 - alpha")
+    tau: float = _f(1.0, "soft-distillation temperature")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.teacher:
+            raise ConfigError("--task distillation needs --teacher CHECKPOINT")
+        if self.distill not in ("hard", "soft"):
+            raise ConfigError(f"--distill must be 'hard' or 'soft', got {self.distill!r}")
+
+
+class ClassificationTask(Task):
+    name = "classification"
+    help = "one label per image: cross-entropy, top-1/top-5, confusion matrix"
+    config_cls = ClassificationConfig
+    collate = staticmethod(collate_images)
+
+    def load_data(self, spec: str, test_fraction: float, tcfg) -> DataSplits:
+        return load_data(spec, test_fraction)
+
+    def model_kwargs(self, splits: DataSplits) -> dict:
+        return {"num_classes": len(splits.classes), "labels": list(splits.classes)}
+
+    def check_model(self, model: nn.Module, splits: DataSplits, where: str) -> None:
+        num_classes_must_match(model, splits, where)
+
+    def build_method(self, tcfg: ClassificationConfig, splits: DataSplits, device: torch.device) -> Supervised:
+        return Supervised(len(splits.classes), tcfg.label_smoothing, tcfg.mixup, tcfg.cutmix)
+
+    def build_evaluator(self, splits: DataSplits, tcfg: ClassificationConfig) -> ClassificationEvaluator:
+        return ClassificationEvaluator(len(splits.classes))
+
+    def report_sections(self, result: ClassificationResult, splits: DataSplits) -> list[Section]:
+        classes = list(splits.classes)
+        return [
+            Section("Confusion matrix", figures={"confusion.png": plot_confusion(result, classes)}),
+            Section(
+                "Per-class accuracy",
+                table(("class", "accuracy"), [(c, f"{a:.4f}") for c, a in zip(classes, result.per_class, strict=True)]),
+            ),
+        ]
+
+    def summary_lines(self, result: ClassificationResult, evaluator, splits: DataSplits) -> list[str]:
+        width = max(len(c) for c in splits.classes)
+        lines = [f"top-1 {result.top1:.4f}  top-5 {result.top5:.4f}  loss {result.loss:.4f}", "per-class accuracy:"]
+        lines += [f"  {c:<{width}}  {a:.4f}" for c, a in zip(splits.classes, result.per_class, strict=True)]
+        return lines
+
+
+class DistillationTask(ClassificationTask):
+    name = "distillation"
+    help = "classification with a frozen teacher (DeiT): label + distillation terms"
+    config_cls = DistillationConfig
+
+    def for_evaluation(self) -> Task:
+        return ClassificationTask()
+
+    def build_method(self, tcfg: DistillationConfig, splits: DataSplits, device: torch.device) -> Distillation:
+        if tcfg.teacher_model is not None:
+            teacher = create_model(tcfg.teacher_model, pretrained=tcfg.teacher)
+        elif checkpoint_model_name(tcfg.teacher) is not None:
+            teacher = load_checkpoint(tcfg.teacher)
+        else:
+            raise ConfigError(
+                f"--teacher {tcfg.teacher}: not a vitlab checkpoint; give its architecture with --teacher-model"
+            )
+        K = len(splits.classes)
+        if getattr(teacher, "num_classes", K) != K:
+            raise ConfigError(f"--teacher {tcfg.teacher} predicts {teacher.num_classes} classes, the data has {K}")
+        return Distillation(
+            teacher.to(device), K, tcfg.distill, tcfg.alpha, tcfg.tau, tcfg.label_smoothing, tcfg.mixup, tcfg.cutmix
+        )
+
+
+def plot_confusion(result: ClassificationResult, classes: list[str]):
+    K = len(classes)
+    size = min(12, 3 + 0.4 * K)
+    fig = new_figure(size, size * 0.9)
+    ax = fig.subplots()
+    im = ax.imshow(result.confusion, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    if K <= 30:
+        ax.set_xticks(range(K), classes, rotation=90 if K > 10 else 0)
+        ax.set_yticks(range(K), classes)
+        peak = max(max(row) for row in result.confusion) or 1
+        for i, row in enumerate(result.confusion):
+            for j, v in enumerate(row):
+                if v:
+                    ax.text(j, i, v, ha="center", va="center", fontsize=8, color="white" if v > peak / 2 else "black")
+    top1 = "nan" if math.isnan(result.top1) else f"{result.top1:.4f}"
+    ax.set(xlabel="predicted", ylabel="true", title=f"confusion matrix (top-1 {top1})")
+    return fig
