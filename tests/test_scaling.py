@@ -50,6 +50,23 @@ def test_scaling_cli_writes_tables_and_plot(tmp_path, capsys):
     assert (out / "scaling.png").stat().st_size > 0 and "| 448² |" in (out / "scaling.md").read_text()
 
 
+_PLOT = """
+import sys, matplotlib
+from pathlib import Path
+from vitlab.scaling import FlopsPoint, MemoryPoint, plot_scaling
+plot_scaling([MemoryPoint(64, 1.0, 2.0), MemoryPoint(256, 2.0, 9.0)], [FlopsPoint(224, {"m": 1.0})], Path(sys.argv[1]))
+print("matplotlib.pyplot" in sys.modules, matplotlib.get_backend())
+"""
+
+
+def test_plot_leaves_matplotlib_state_alone(tmp_path):
+    # a library call must not switch the user's backend or import pyplot (its global figure manager)
+    png = tmp_path / "p.png"
+    env = {**os.environ, "MPLBACKEND": "svg"}  # the user's choice, which matplotlib.use("Agg") would override
+    out = subprocess.run([sys.executable, "-c", _PLOT, str(png)], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "svg"] and png.stat().st_size > 0
+
+
 def test_scaling_cli_rejects_bad_numbers(tmp_path, capsys):
     assert main(["scaling", "--tokens", "64,x", "--out", str(tmp_path / "s")]) == 2
     assert "--tokens" in capsys.readouterr().err and not (tmp_path / "s").exists()

@@ -99,10 +99,13 @@ def flops_table(points: list[FlopsPoint]) -> str:
 
 
 def plot_scaling(mem: list[MemoryPoint], flops: list[FlopsPoint], path: Path) -> None:
-    from vitlab.engine.report import _plt
+    """Both sweeps side by side as a PNG: a `Figure` on its own Agg canvas, so no matplotlib backend is switched."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    plt = _plt()
-    fig, (ax_m, ax_f) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    FigureCanvasAgg(fig)
+    ax_m, ax_f = fig.subplots(1, 2)
     n = [p.tokens for p in mem]
     ax_m.plot(n, [p.naive_mb for p in mem], "o-", label="explicit softmax")
     ax_m.plot(n, [p.sdpa_mb for p in mem], "o-", label="SDPA")
@@ -120,4 +123,3 @@ def plot_scaling(mem: list[MemoryPoint], flops: list[FlopsPoint], path: Path) ->
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
