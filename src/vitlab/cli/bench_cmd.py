@@ -66,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
                     ratio += f" (train {train})"
             tr = f"{p.train_img_s:8.2f}" if p.train_img_s else f"{'-':>8}"
             mem = f"{p.peak_mem_mb:8.1f}" if p.peak_mem_mb is not None else f"{'-':>8}"
-            print(f"{name:<32} {p.peer:<10} {p.img_s:8.2f} {p.p50_ms:8.1f} {p.p90_ms:8.1f} {tr} "
-                  f"{mem} {p.gflops_s:8.1f} {p.mfu:6.1%}  {ratio}")  # fmt: skip
+            row = (f"{name:<32} {p.peer:<10} {p.img_s:8.2f} {p.p50_ms:8.1f} {p.p90_ms:8.1f} {tr} "
+                   f"{mem} {p.gflops_s:8.1f} {p.mfu:6.1%}  {ratio}")  # fmt: skip
+            print(row.rstrip())
         if any(p.peer == OPTIMIZED for p in r.peers):
             ratios.append(r.ratio(OPTIMIZED, "vitlab"))
             print(f"{'':<32} {OPTIMIZED}/vitlab (packed weights over plain, inference): {ratios[-1]}")
