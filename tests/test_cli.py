@@ -60,6 +60,17 @@ def test_predict_top5(trained_run, tmp_path, capsys):
     assert lines[0].endswith("zero.png") and len(lines) == 6
 
 
+def test_predict_optimized_and_plain_agree(trained_run, tmp_path, capsys):
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    outputs = []
+    for flag in ("--optimize", "--no-optimize"):
+        assert main(["predict", str(tmp_path / "red.png"), "--checkpoint", str(trained_run), flag]) == 0
+        rows = [line.split() for line in capsys.readouterr().out.strip().splitlines()[1:]]
+        outputs.append(rows)
+    assert [r[0] for r in outputs[0]] == [r[0] for r in outputs[1]]  # same labels in the same order
+    assert [float(r[1]) for r in outputs[0]] == pytest.approx([float(r[1]) for r in outputs[1]], abs=2e-4)
+
+
 def test_unknown_model_exits_with_suggestion():
     r = run_cli("train", "--model", "vit_tiny_patch16_22", "--out", "/tmp/never")
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -1,15 +1,18 @@
 """Throughput benchmarks: vitlab beside timm and HF transformers, measured alternately in one run.
 
-Only ratios measured in the same run compare: a busy machine slows every peer alike. FLOPs come from
-`vitlab.profiling` (the same architecture for every peer), so achieved GFLOP/s and the fraction of the machine's
-GEMM peak (MFU) are comparable too.
+Only ratios measured in the same run compare: a busy machine slows every peer alike. A ratio is therefore taken
+per round (every peer runs once per round, in rotated order) and reported as the median over rounds with its
+min-max (`Ratio`): an interval containing 1.0 means no measurable difference. On a CPU in float32 the plain model and
+its `vitlab.runtime.optimize_for_cpu_inference` copy ("vitlab-opt") are two peers of the same run, so the table shows
+whether packing pays off on this machine. FLOPs come from `vitlab.profiling` (the same architecture for every peer),
+so achieved GFLOP/s and the fraction of the machine's GEMM peak (MFU) are comparable too.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -17,7 +20,10 @@ from torch import nn
 
 from vitlab.profiling import model_stats
 from vitlab.registry import create_model
+from vitlab.runtime import optimize_for_cpu_inference
 from vitlab.scaling import peak_allocated_mb
+
+OPTIMIZED = "vitlab-opt"  # the optimize_for_cpu_inference copy of vitlab's model, as a peer
 
 
 @dataclass
@@ -30,6 +36,40 @@ class PeerResult:
     peak_mem_mb: float | None = None  # MiB allocated by one inference batch beyond the weights (peak)
     gflops_s: float = 0.0
     mfu: float = 0.0  # achieved / GEMM peak
+    round_s: list[float] = field(default_factory=list)  # per round: median seconds of one inference batch
+    train_round_s: list[float] = field(default_factory=list)  # per round: seconds of one training step
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """How many times faster one peer is than another: the median of per-round ratios and their range."""
+
+    median: float
+    low: float
+    high: float
+
+    @property
+    def contains_one(self) -> bool:
+        """The rounds disagree on which is faster: no measurable difference."""
+        return self.low <= 1.0 <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.median:.2f} [{self.low:.2f}-{self.high:.2f}]" + ("~" if self.contains_one else "")
+
+
+def speed_ratio(ours_s: Sequence[float], peer_s: Sequence[float]) -> Ratio:
+    """Our speed over the peer's, from seconds per round (the peer's time over ours in each round, then median).
+
+    Rounds pair up because both ran in the same stretch of machine time; the ratio within a round cancels the drift
+    that absolute times carry.
+    """
+    if not ours_s or len(ours_s) != len(peer_s):
+        raise ValueError(f"speed_ratio: ours_s and peer_s need the same number of rounds (> 0), got "
+                         f"{len(ours_s)} and {len(peer_s)}")  # fmt: skip
+    if min(ours_s) <= 0:
+        raise ValueError(f"speed_ratio: ours_s must be positive seconds, got {min(ours_s)}")
+    per_round = [p / o for o, p in zip(ours_s, peer_s, strict=True)]
+    return Ratio(statistics.median(per_round), min(per_round), max(per_round))
 
 
 @dataclass
@@ -39,6 +79,18 @@ class BenchResult:
     gflops: float  # per image, forward
     peers: list[PeerResult] = field(default_factory=list)
     profiles: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)  # peer -> top operators
+
+    def peer(self, name: str) -> PeerResult:
+        for p in self.peers:
+            if p.peer == name:
+                return p
+        raise KeyError(f"no peer {name!r} in this result; measured: {[p.peer for p in self.peers]}")
+
+    def ratio(self, ours: str, peer: str, train: bool = False) -> Ratio | None:
+        """`ours`' speed over `peer`'s (inference, or training steps), or None where either was not measured."""
+        a, b = self.peer(ours), self.peer(peer)
+        a_s, b_s = (a.train_round_s, b.train_round_s) if train else (a.round_s, b.round_s)
+        return speed_ratio(a_s, b_s) if a_s and b_s else None
 
 
 def _sync(device: torch.device) -> None:
@@ -189,12 +241,19 @@ def benchmark(
     compile: bool = False,
     peak_gflops: float | None = None,
     profile: bool = False,
+    optimize: bool = True,
 ) -> BenchResult:
+    """Measure vitlab's `name` and its peers alternately; `optimize` adds the packed-weight copy (CPU fp32, eager).
+
+    The optimized copy is timed for inference only: in training mode it is the plain model.
+    """
     dev = torch.device(device)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     stats = model_stats(name, img_size)
-    ours = create_model(name, img_size=img_size).eval()
+    ours = create_model(name, img_size=img_size).eval().to(dev, dtype)
     peers: dict[str, nn.Module] = {"vitlab": ours}
+    if optimize and dev.type == "cpu" and dtype == torch.float32 and not compile:
+        peers[OPTIMIZED] = optimize_for_cpu_inference(ours)
     if "timm" in vs and (t := timm_peer(name)) is not None and img_size in (None, ours.cfg.img_size):
         peers["timm"] = t
     if "hf" in vs and (h := hf_peer(name, ours)) is not None:
@@ -205,19 +264,19 @@ def benchmark(
             peers[k] = torch.compile(peers[k])
     S = ours.cfg.img_size
     x = torch.randn(batch_size, ours.cfg.in_chans, S, S, device=dev, dtype=dtype)
-    for m in peers.values():  # warm-up (and compilation)
+    for m in peers.values():  # warm-up (and compilation; the optimized copy packs its weights here)
         _time_inference(m, x, 1)
-    times: dict[str, list[float]] = {k: [] for k in peers}
+    rounds: dict[str, list[list[float]]] = {k: [] for k in peers}  # peer -> per round, seconds of each batch
     # Alternate peers so drift in machine speed hits all of them alike, and rotate who goes first in a round.
     for r in range(reps):
         for k in _rotated(list(peers), r):
-            times[k] += _time_inference(peers[k], x, iters)
+            rounds[k].append(_time_inference(peers[k], x, iters))
     # Memory a forward pass allocates on top of the weights (CUDA statistics, or the CPU profiler's allocations).
     mem = {k: peak_allocated_mb(lambda m=m: _time_inference(m, x, 1), dev) for k, m in peers.items()}
     train_times: dict[str, list[float]] = {}
     if train:
-        trainers = {k: _Trainer(m, x) for k, m in peers.items()}
-        train_times = {k: [] for k in peers}
+        trainers = {k: _Trainer(m, x) for k, m in peers.items() if k != OPTIMIZED}
+        train_times = {k: [] for k in trainers}
         for r in range(reps):
             for k in _rotated(list(trainers), r):
                 train_times[k].append(trainers[k].step())
@@ -226,10 +285,12 @@ def benchmark(
         result.profiles = {k: profile_ops(m, x) for k, m in peers.items()}
     peak = peak_gflops or gemm_peak(dev, dtype)
     for k in peers:
-        med = statistics.median(times[k])
-        ts = sorted(times[k])
+        ts = sorted(t for batch_times in rounds[k] for t in batch_times)
+        med = statistics.median(ts)
         r = PeerResult(k, batch_size / med, med * 1e3, ts[min(len(ts) - 1, int(0.9 * len(ts)))] * 1e3)
-        if train:
+        r.round_s = [statistics.median(batch_times) for batch_times in rounds[k]]
+        if k in train_times:
+            r.train_round_s = train_times[k]
             r.train_img_s = batch_size / statistics.median(train_times[k])
         r.peak_mem_mb = mem.get(k)
         r.gflops_s = r.img_s * stats.flops / 1e9

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from vitlab.errors import VitlabError
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    keep_freed_memory()  # up to a quarter of small-model CPU time is page faults otherwise (see vitlab.runtime)
+    if os.environ.get("VITLAB_MALLOC", "") != "default":  # the command's opt-out; the library never reads it
+        keep_freed_memory()  # up to a quarter of small-model CPU time is page faults otherwise (see vitlab.runtime)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s", stream=sys.stdout, force=True
     )

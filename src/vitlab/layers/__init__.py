@@ -2,7 +2,6 @@
 
 from vitlab.layers.attention import Attention
 from vitlab.layers.drop_path import DropPath
-from vitlab.layers.linear import Linear, set_packed_inference
 from vitlab.layers.mlp import Mlp
 from vitlab.layers.patch_embed import PatchEmbed
 from vitlab.layers.pos_embed import resample_pos_embed, sincos_pos_embed_2d
@@ -10,10 +9,8 @@ from vitlab.layers.pos_embed import resample_pos_embed, sincos_pos_embed_2d
 __all__ = [
     "Attention",
     "DropPath",
-    "Linear",
     "Mlp",
     "PatchEmbed",
     "resample_pos_embed",
     "sincos_pos_embed_2d",
-    "set_packed_inference",
 ]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,14 +153,14 @@ def _check_family(conv: hf.HfConverter, entry, where) -> None:
 
 
 def _hub_download(repo_id: str) -> Path:
-    """Fetch config + weights of a hub repository (uses the local cache; honours HF_HUB_OFFLINE)."""
+    """Fetch config + weights of a hub repository (uses the local cache; honours the hub's own HF_HUB_OFFLINE)."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, snapshot_download
     except ImportError:
         raise CheckpointError(
             "hf-hub: loading needs the huggingface_hub package (pip install huggingface_hub)"
         ) from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = constants.HF_HUB_OFFLINE  # as huggingface_hub parsed it ("1", "true", "yes", ...): one reading of it
     try:
         return Path(
             snapshot_download(
