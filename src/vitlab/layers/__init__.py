@@ -1,6 +1,6 @@
 """Blocks shared by several model families."""
 
-from vitlab.layers.attention import Attention
+from vitlab.layers.attention import Attention, attend
 from vitlab.layers.drop_path import DropPath
 from vitlab.layers.linear import Linear, set_packed_inference
 from vitlab.layers.mlp import Mlp
@@ -9,6 +9,7 @@ from vitlab.layers.pos_embed import resample_pos_embed, sincos_pos_embed_2d
 
 __all__ = [
     "Attention",
+    "attend",
     "DropPath",
     "Linear",
     "Mlp",
