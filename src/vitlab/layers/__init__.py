@@ -1,6 +1,6 @@
 """Blocks shared by several model families."""
 
-from vitlab.layers.attention import Attention
+from vitlab.layers.attention import Attention, attend
 from vitlab.layers.drop_path import DropPath
 from vitlab.layers.mlp import Mlp
 from vitlab.layers.patch_embed import PatchEmbed
@@ -8,6 +8,7 @@ from vitlab.layers.pos_embed import resample_pos_embed, sincos_pos_embed_2d
 
 __all__ = [
     "Attention",
+    "attend",
     "DropPath",
     "Mlp",
     "PatchEmbed",

@@ -15,11 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vitlab.layers import DropPath, Mlp
+from vitlab.layers import DropPath, Mlp, attend
 from vitlab.models.base import (
     ClassifierMixin,
     ImageModelConfig,
@@ -67,7 +66,11 @@ class ConvProjection(nn.Module):
 
 
 class ConvAttention(nn.Module):
-    """Shapes: tokens (B, [1 +] H*W, C) on an (H, W) map -> same; probabilities (B, heads, Nq, Nkv) when captured."""
+    """Shapes: tokens (B, [1 +] H*W, C) on an (H, W) map -> same; probabilities (B, heads, Nq, Nkv) when captured.
+
+    Queries live on the (H, W) map, keys and values on the map subsampled by `stride_kv` (plus the class token in the
+    last stage), so Nq != Nkv: the probabilities are not a square token-to-token matrix.
+    """
 
     def __init__(self, dim: int, num_heads: int, cfg: CvTConfig, with_cls: bool) -> None:
         super().__init__()
@@ -98,12 +101,9 @@ class ConvAttention(nn.Module):
         if cls is not None:  # the class token skips the convolutions
             q, k, v = (torch.cat([cls, t], dim=1) for t in (q, k, v))
         q, k, v = self._heads(self.proj_q(q)), self._heads(self.proj_k(k)), self._heads(self.proj_v(v))
-        if self.capture_attn:
-            attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
-            self.attn_probs = attn.detach()
-            out = attn @ v
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out, probs = attend(q, k, v, scale=self.scale, capture=self.capture_attn)  # (B, heads, Nq, Dh)
+        if probs is not None:
+            self.attn_probs = probs.detach()  # (B, heads, Nq, Nkv)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from vitlab.layers import DropPath, Mlp
+from vitlab.layers import DropPath, Mlp, attend
 from vitlab.models.base import (
     ClassifierMixin,
     ImageModelConfig,
@@ -56,7 +56,10 @@ class SwinConfig(ImageModelConfig):
 
 
 class WindowAttention(nn.Module):
-    """Shapes: windows (B*nW, N, C) with N = W*W -> (B*nW, N, C); probabilities (B*nW, H, N, N) when captured."""
+    """Shapes: windows (B*nW, N, C) with N = W*W -> (B*nW, N, C); probabilities (B*nW, H, N, N) when captured.
+
+    `vitlab.explain.swin_attention_maps` stitches the captured window maps back onto the stage's token grid.
+    """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, qkv_bias: bool) -> None:
         super().__init__()
@@ -85,16 +88,11 @@ class WindowAttention(nn.Module):
             nW = mask.shape[0]
             bias = (bias[None] + mask[None, :, None]).reshape(-1, nW, self.num_heads, N, N)  # (1, nW, H, N, N)
             bias = bias.expand(B_ // nW, -1, -1, -1, -1).reshape(B_, self.num_heads, N, N)
-        # SDPA cannot return the bias table's gradient from the CPU's fused kernel and falls back to a slower
-        # composite; the explicit softmax is what training on a CPU runs then (GPUs keep SDPA's kernel).
-        explicit = self.capture_attn or (x.device.type == "cpu" and bias.requires_grad)
-        if explicit:
-            attn = ((q * self.scale) @ k.transpose(-2, -1) + bias).softmax(dim=-1)  # (B*nW, H, N, N)
-            if self.capture_attn:
-                self.attn_probs = attn.detach()
-            x = attn @ v
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        # attend() keeps the explicit softmax for CPU training with this learnable bias (SDPA's fused CPU kernel
+        # cannot return its gradient and falls back to a slower composite); GPUs and inference keep SDPA.
+        x, probs = attend(q, k, v, bias=bias, scale=self.scale, capture=self.capture_attn)  # (B*nW, H, N, Dh)
+        if probs is not None:
+            self.attn_probs = probs.detach()  # (B*nW, H, N, N)
         return self.proj(x.transpose(1, 2).reshape(B_, N, C))
 
 
