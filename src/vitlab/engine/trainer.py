@@ -144,9 +144,13 @@ def _train(cfg: TrainConfig, ctx: DistContext) -> TrainResult:
     num_classes = len(splits.classes)
     overrides = {} if cfg.drop_path is None else {"drop_path_rate": cfg.drop_path}
     model = create_model(
-        cfg.model, pretrained=cfg.pretrained, num_classes=num_classes, img_size=cfg.img_size, **overrides
+        cfg.model,
+        pretrained=cfg.pretrained,
+        num_classes=num_classes,
+        img_size=cfg.img_size,
+        labels=list(splits.classes),
+        **overrides,
     )
-    model.cfg.labels = list(splits.classes)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     model.to(device)
     if cfg.fsdp:  # before the optimizer, which must see the sharded parameters
