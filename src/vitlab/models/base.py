@@ -48,7 +48,8 @@ class ModelBase(nn.Module):
     """timm's model API for every family: classifier access, grad checkpointing, `forward_intermediates`.
 
     A family builds its layers and implements `_forward_trunk` (the one pass both `forward_features` and
-    `forward_intermediates` run), `forward_head`, and where it has them `_final_norm` and `no_weight_decay`.
+    `forward_intermediates` run), `_num_intermediates`, `forward_head`, and where it has them `_final_norm` and
+    `no_weight_decay`; its stages take `run_block` so that checkpointing reaches their blocks.
     """
 
     head_name: str = "head"  # attribute path of the classifier (`head.fc` where the head has a norm before it)
