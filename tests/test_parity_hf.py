@@ -93,7 +93,7 @@ def test_class_names_come_from_config(tmp_path):
     ref = _hf_vit(num_labels=3)
     ref.config.id2label = {0: "ant", 1: "bee", 2: "wasp"}
     ref.save_pretrained(tmp_path)
-    assert vitlab.create_model("vit_tiny_patch16_224", pretrained=tmp_path).cfg.labels == ["ant", "bee", "wasp"]
+    assert vitlab.create_model("vit_tiny_patch16_224", pretrained=tmp_path).cfg.labels == ("ant", "bee", "wasp")
     # a new head drops the names and is re-initialised
     m = vitlab.create_model("vit_tiny_patch16_224", pretrained=tmp_path, num_classes=7)
-    assert m.cfg.labels == [] and m.num_classes == 7 and m.head.weight.abs().sum() == 0
+    assert m.cfg.labels == () and m.num_classes == 7 and m.head.weight.abs().sum() == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -12,26 +14,12 @@ from vitlab.registry import get_entry
 ALL = vitlab.list_models()
 
 
-# Per family: the registered architecture with its widths kept, but depth and input shrunk so every name runs on CPU,
-# and randomness (dropout, stochastic depth) off so train-mode passes can be compared.
-SHRINK = {
-    "vit": lambda cfg: dict(depth=2, img_size=cfg.patch_size * 3, drop_path_rate=0.0),
-    "convnext": lambda cfg: dict(depths=(1,) * len(cfg.depths), img_size=64, drop_path_rate=0.0),
-    "resnet": lambda cfg: dict(layers=(1,) * len(cfg.layers), img_size=64),
-    "swin": lambda cfg: dict(
-        depths=(2,) + (1,) * (len(cfg.depths) - 1), img_size=cfg.patch_size * 32, drop_path_rate=0.0
-    ),  # fmt: skip
-    "mixer": lambda cfg: dict(depth=2, img_size=cfg.patch_size * 4, drop_path_rate=0.0),
-    "cvt": lambda cfg: dict(depths=(1,) * len(cfg.depths), img_size=64, drop_path_rate=0.0),
-    "classic_cnn": lambda cfg: dict(img_size=min(cfg.img_size, 96), dropout=0.0),
-}
-
-
 def small(name: str, **kw):
+    """The registered model shrunk by its config's own `test_overrides` (depth and input; randomness off)."""
     with torch.device("meta"):
         full = vitlab.create_model(name)
-    shrink = SHRINK[get_entry(name).family](full.cfg)
-    return vitlab.create_model(name, **{**shrink, **kw}), full.cfg
+    assert isinstance(full.cfg, get_entry(name).config_cls)
+    return vitlab.create_model(name, **{**full.cfg.test_overrides(), **kw}), full.cfg
 
 
 def test_registry_lists_required_models():
@@ -62,7 +50,7 @@ def test_full_size_shapes_on_meta(name):
         m = vitlab.create_model(name)
         x = torch.empty(2, m.cfg.in_chans, m.cfg.img_size, m.cfg.img_size)
         assert m(x).shape == (2, m.num_classes)
-        assert m.forward_head(m.forward_features(x), pre_logits=True).shape == (2, m.num_features)
+        assert m.forward_head(m.forward_features(x), pre_logits=True).shape == (2, m.head_hidden_size)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -77,7 +65,7 @@ def test_contract(name, tmp_path):
     assert y.shape == (3, 7) and torch.isfinite(y).all()
     assert torch.equal(y, m(x))
     assert torch.allclose(m.forward_head(m.forward_features(x)), y)
-    assert m.forward_head(m.forward_features(x), pre_logits=True).shape == (3, m.num_features)
+    assert m.forward_head(m.forward_features(x), pre_logits=True).shape == (3, m.head_hidden_size)
 
     # backward reaches every parameter; heads are zero-initialised so perturb them first
     heads = tuple(f"{h}." for h in m.get_classifier_names())
@@ -100,14 +88,7 @@ def test_contract(name, tmp_path):
         torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-6, msg=n)
     m.set_grad_checkpointing(False)
 
-    # intermediates: feature maps (B, C, H, W); the last one of the final block/stage is what forward_features gives
-    feats = m.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
-    assert len(feats) == 2 and all(f.ndim == 4 and f.shape[0] == 3 for f in feats)
-    final, last = m.forward_intermediates(x, indices=1)
-    assert len(last) == 1
-    torch.testing.assert_close(final, m.forward_features(x))
-    with pytest.raises(ValueError):
-        m.forward_intermediates(x, indices=[99])
+    check_intermediates(m, x)
 
     # no-weight-decay names are parameters (or fixed buffers) of the model
     params = dict(m.named_parameters())
@@ -120,10 +101,67 @@ def test_contract(name, tmp_path):
     assert type(m2) is type(m) and m2.cfg == m.cfg
     torch.testing.assert_close(m2.eval()(x), m(x), rtol=0, atol=0)
 
+    check_classifier(m, x)
+
+
+def check_intermediates(m, x):
+    """One `forward_intermediates` for every family: NCHW maps, NLC tokens, `norm` applied or a clear error."""
+    feats = m.forward_intermediates(x, indices=[0, -1], intermediates_only=True)
+    assert len(feats) == 2 and all(f.ndim == 4 and f.shape[0] == 3 for f in feats)
+    assert feats[-1].shape[1] == m.num_features  # the last block/stage has the features' width
+    final, last = m.forward_intermediates(x, indices=1)
+    assert len(last) == 1
+    torch.testing.assert_close(final, m.forward_features(x))
+    with pytest.raises(ValueError, match="index 99"):
+        m.forward_intermediates(x, indices=[99])
+    with pytest.raises(ValueError, match="output_fmt must be one of"):
+        m.forward_intermediates(x, output_fmt="NHWC")
+
+    # NLC: (B, N, C) tokens, prefix tokens first; a CNN's map flattened. The grid tokens are the NCHW map's.
+    tokens = m.forward_intermediates(x, indices=[0, -1], output_fmt="NLC", intermediates_only=True)
+    for t, f in zip(tokens, feats, strict=True):
+        B, C, H, W = f.shape
+        assert t.ndim == 3 and t.shape[0] == B and t.shape[2] == C and t.shape[1] >= H * W
+        torch.testing.assert_close(t[:, t.shape[1] - H * W :], f.flatten(2).transpose(1, 2))
+
+    # norm=True: the final norm (the one forward_features ends with) on the last output, or an error naming norm
+    final_norm = m._final_norm()
+    if final_norm is None:
+        with pytest.raises(ValueError, match="norm=True"):
+            m.forward_intermediates(x, norm=True)
+    else:
+        normed = m.forward_intermediates(x, indices=1, norm=True, output_fmt="NLC", intermediates_only=True)[0]
+        torch.testing.assert_close(normed, final_norm(tokens[-1]))
+        assert not torch.allclose(normed, tokens[-1])
+
+
+def check_classifier(m, x):
+    """timm's classifier API; a reset builds a new frozen config and leaves the old one as it was."""
+    heads = [m.get_submodule(n) for n in m.get_classifier_names()]
+    got = m.get_classifier()
+    assert (got is heads[0]) if len(heads) == 1 else list(got) == heads
+    assert isinstance(heads[0], torch.nn.Linear) and heads[0].out_features == m.num_classes
+    assert heads[0].in_features == m.head_hidden_size
+
+    old = m.cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        old.num_classes = 4
+    snapshot = dataclasses.asdict(old)
     m.reset_classifier(4)
-    assert m(x).shape == (3, 4)
-    m.reset_classifier(0)
-    assert m(x).shape == (3, m.num_features)
+    assert m(x).shape == (3, 4) and m.num_classes == m.cfg.num_classes == 4
+    assert m.cfg is not old and dataclasses.asdict(old) == snapshot
+    m.reset_classifier(0, "")
+    assert m(x).shape == (3, m.head_hidden_size) and m.cfg.num_classes == 0
+    assert isinstance(m.get_classifier(), torch.nn.Identity if len(heads) == 1 else tuple)
+    m.reset_classifier(5, None)
+    assert m(x).shape == (3, 5)
+    for pool in m.global_pools:  # every pooling the family offers is accepted
+        if pool != "token" or getattr(m, "cls_token", True) is not None:
+            m.reset_classifier(5, pool)
+            assert m(x).shape == (3, 5)
+    with pytest.raises(ValueError, match="global_pool='max'"):
+        m.reset_classifier(5, "max")
+    assert m.cfg.num_classes == 5  # a refused reset changes nothing
 
 
 def test_wrong_channels_and_size_are_clear_errors():
@@ -159,6 +197,24 @@ def test_pooling_and_position_variants(overrides, tmp_path):
         assert big.pos_embed.shape[1] == m.num_prefix_tokens + 64
     m2 = vitlab.load_checkpoint(vitlab.save_checkpoint(m, tmp_path))
     torch.testing.assert_close(m2.eval()(x), m(x))
+
+
+def test_vit_pool_reset_keeps_the_built_norm_layout(tmp_path):
+    m = vitlab.create_model("vit_micro_patch4_8").eval()
+    assert m.cfg.fc_norm is False  # resolved from global_pool="token" at construction
+    m.reset_classifier(3, "avg")
+    assert m.cfg.global_pool == "avg" and m.cfg.fc_norm is False  # tokens still normalised by `norm`
+    x = torch.randn(2, 1, 8, 8)
+    feats = m.forward_features(x)
+    torch.testing.assert_close(m.forward_head(feats, pre_logits=True), feats[:, 1:].mean(1))
+    m2 = vitlab.load_checkpoint(vitlab.save_checkpoint(m, tmp_path))
+    assert m2.cfg == m.cfg
+    torch.testing.assert_close(m2.eval()(x), m(x))
+
+    gap = vitlab.create_model("cpvt_micro_patch4_8")  # no class token: 'token' pooling is refused by the config
+    with pytest.raises(ValueError, match="global_pool='token' needs class_token=True"):
+        gap.reset_classifier(3, "token")
+    assert gap.cfg.global_pool == "avg" and gap.num_classes == 10
 
 
 def test_sincos_table_by_hand():

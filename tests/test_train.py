@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vitlab import load_checkpoint
 from vitlab.engine import TrainConfig, train
 from vitlab.engine.tasks import ClassificationConfig, DistillationConfig
 from vitlab.errors import ConfigError
@@ -29,6 +30,8 @@ def test_run_directory_contents(tmp_path):
     report = (out / "report.md").read_text()
     assert "top-1 accuracy" in report and "confusion.png" in report and "| 9 |" in report
     assert not list(out.glob("*.tmp"))  # atomic writes leave no temporaries
+    # the data set's class names are part of the model's config, saved with it
+    assert load_checkpoint(out).cfg.labels == tuple(str(i) for i in range(10))
 
 
 def test_resume_matches_uninterrupted(tmp_path):

@@ -1,50 +1,173 @@
-"""What every image model shares: the config fields the engine reads, and classifier helpers."""
+"""What every image model shares: the config fields the engine reads, and `ModelBase`, timm's model API written once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass
 
+import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
+OUTPUT_FMTS = ("NCHW", "NLC")  # feature maps (B, C, H, W); tokens (B, N, C)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ImageModelConfig:
+    """Frozen: a model's config describes what was built; change it with `dataclasses.replace`."""
+
     img_size: int = 224  # square input side the model is built for
     in_chans: int = 3  # image channels the stem expects
     num_classes: int = 1000  # 0 gives a model without a head (features only)
     mean: tuple[float, ...] = IMAGENET_MEAN  # input normalisation the weights expect
     std: tuple[float, ...] = IMAGENET_STD
-    labels: list[str] = field(default_factory=list)  # class names, if known (from a checkpoint or data set)
+    labels: tuple[str, ...] = ()  # class names, if known (from a checkpoint or data set)
 
     def __post_init__(self) -> None:
-        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        # Lists (from JSON checkpoints, HF configs, callers) become tuples, so configs compare equal and hash.
+        for f in dataclasses.fields(self):
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+
+    def test_overrides(self) -> dict:
+        """Settings for the contract tests: this architecture with its widths kept, depth and input shrunk so it runs
+        on a CPU in a second, and randomness (dropout, stochastic depth) off so train-mode passes can be compared."""
+        raise NotImplementedError(f"{type(self).__name__}.test_overrides: say how to shrink this family for tests")
 
 
-class ClassifierMixin:
-    """The classifier half of the model API for single-head models; `head_name` is the head's attribute path."""
+def call(block: Callable, *args):
+    """Run `block(*args)`: the plain runner stages use when no model passes its own."""
+    return block(*args)
 
-    head_name: str = "head"
+
+class ModelBase(nn.Module):
+    """timm's model API for every family: classifier access, grad checkpointing, `forward_intermediates`.
+
+    A family builds its layers and implements `_forward_trunk` (the one pass both `forward_features` and
+    `forward_intermediates` run), `_num_intermediates`, `forward_head`, and where it has them `_final_norm` and
+    `no_weight_decay`; its stages take `run_block` so that checkpointing reaches their blocks.
+    """
+
+    head_name: str = "head"  # attribute path of the classifier (`head.fc` where the head has a norm before it)
+    global_pools: tuple[str, ...] = ("avg",)  # the pooling choices `reset_classifier(..., global_pool)` accepts
+
+    def __init__(self, cfg: ImageModelConfig, num_features: int, head_hidden_size: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = cfg.num_classes
+        self.num_features = num_features  # channels of forward_features' output
+        self.head_hidden_size = num_features if head_hidden_size is None else head_hidden_size  # the classifier's input
+        self.grad_checkpointing = False
+
+    # ----- what a family implements ------------------------------------------------------------------------------
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
+        """(forward_features' output, [(output, grid) of each block/stage in `take`]).
+
+        An output is tokens (B, N, C) on a grid (H, W), prefix tokens first, or a feature map (B, C, H, W) (grid None).
+        """
+        raise NotImplementedError
+
+    def _num_intermediates(self) -> int:
+        """How many blocks/stages `forward_intermediates` can return."""
+        raise NotImplementedError
+
+    def _final_norm(self) -> nn.Module | None:
+        """The norm forward_features applies to its tokens last; None where the features are not normalised."""
+        return None
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ----- forward ------------------------------------------------------------------------------------------------
+    def run_block(self, block: Callable, *args):
+        """`block(*args)`, recomputed in backward instead of stored when grad checkpointing is on."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(x, self.cfg.in_chans)
+        return self._forward_trunk(x)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Outputs of the blocks/stages named by `indices` (None = all, n = the last n, negatives count back).
+
+        output_fmt: "NCHW" feature maps (B, C, H, W), prefix tokens dropped; "NLC" tokens (B, N, C), prefix tokens
+        (class, distillation) first; a CNN's map is flattened to (B, H*W, C), the sequence DETR feeds its encoder.
+        norm: pass each output through the final norm that forward_features ends with, where it fits (its width):
+        every block of ViT and Mixer, the last stage of Swin and CvT. Models whose features are not normalised
+        (CNNs; ViTs that normalise after pooling, fc_norm) raise instead of ignoring it.
+        Returns the outputs, or `(forward_features(x), outputs)` unless intermediates_only.
+        """
+        if output_fmt not in OUTPUT_FMTS:
+            raise ValueError(f"output_fmt must be one of {OUTPUT_FMTS}, got {output_fmt!r}")
+        final_norm = self._final_norm() if norm else None
+        if norm and final_norm is None:
+            raise ValueError(
+                f"norm=True: {type(self).__name__} applies no norm to its features (it normalises after pooling, "
+                "or not at all); call forward_intermediates with norm=False"
+            )
+        take = stage_indices(indices, self._num_intermediates())
+        check_images(x, self.cfg.in_chans)
+        final, outs = self._forward_trunk(x, take)
+        feats = []
+        for y, grid in outs:
+            if y.ndim == 4:  # a CNN's map (B, C, H, W)
+                feats.append(y if output_fmt == "NCHW" else y.flatten(2).transpose(1, 2))  # (B, H*W, C)
+                continue
+            if final_norm is not None and y.shape[-1] == self.num_features:
+                y = final_norm(y)
+            feats.append(y if output_fmt == "NLC" else tokens_to_map(y, grid))
+        return feats if intermediates_only else (final, feats)
+
+    # ----- classifier ---------------------------------------------------------------------------------------------
+    def get_classifier_names(self) -> list[str]:
+        """Attribute paths of the classifier(s): the parameters transfer learning replaces."""
+        return [self.head_name]
+
+    def get_classifier(self) -> nn.Module | tuple[nn.Module, ...]:
+        """The classifier (timm's API); a tuple for models with two heads (distilled DeiT: head, head_dist)."""
+        heads = tuple(self.get_submodule(n) for n in self.get_classifier_names())
+        return heads[0] if len(heads) == 1 else heads
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new zero-initialised classifier for `num_classes` (0: none, forward gives pooled features).
+
+        global_pool: one of `global_pools` ('avg', 'token' for ViTs with a class token); '' or None keep the pooling.
+        """
+        changes = {"num_classes": num_classes}
+        if global_pool:
+            if global_pool not in self.global_pools:
+                choices = ", ".join(map(repr, self.global_pools)) or "none (its pooling is fixed)"
+                raise ValueError(f"global_pool={global_pool!r}: {type(self).__name__} accepts {choices}, '' or None")
+            if hasattr(self.cfg, "global_pool"):
+                changes["global_pool"] = global_pool
+        self.cfg = dataclasses.replace(self.cfg, **changes)  # validated again by __post_init__
+        self.num_classes = num_classes
+        for name in self.get_classifier_names():
+            owner, _, attr = name.rpartition(".")
+            setattr(self.get_submodule(owner), attr, make_head(self.head_hidden_size, num_classes, like=self))
 
     def no_weight_decay(self) -> set[str]:
         return set()  # 1-D parameters (norms, biases, layer scales) are exempt anyway; models add their tokens
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute activations in backward: every part of the model that supports it (stages, blocks) switches."""
-        for m in self.modules():
-            if hasattr(m, "grad_checkpointing"):
-                m.grad_checkpointing = enable
-
-    def get_classifier_names(self) -> list[str]:
-        return [self.head_name]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = self.cfg.num_classes = num_classes
-        owner, _, name = self.head_name.rpartition(".")
-        setattr(self.get_submodule(owner), name, make_head(self.num_features, num_classes, like=self))
+        """Recompute block (or stage) activations in backward: less memory for ~30% more compute."""
+        self.grad_checkpointing = enable
 
 
 def make_head(in_features: int, num_classes: int, like: nn.Module | None = None) -> nn.Module:
@@ -74,6 +197,13 @@ def check_images(x, in_chans: int) -> None:
     """One clear error for a batch of the wrong rank or channel count, before any layer sees it."""
     if x.ndim != 4 or x.shape[1] != in_chans:
         raise ValueError(f"expected images of shape (B, {in_chans}, H, W), got {tuple(x.shape)}")
+
+
+def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Tokens (B, N, C) on an (H, W) grid, N - H*W prefix tokens first -> map (B, C, H, W) of the grid tokens."""
+    B, N, C = x.shape
+    H, W = grid
+    return x[:, N - H * W :].transpose(1, 2).reshape(B, C, H, W)
 
 
 def stage_indices(indices, count: int) -> set[int]:

@@ -8,26 +8,19 @@ average pool -> LN -> Linear. Parameter names follow timm's (`stem`, `stages.N.d
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import DropPath, Mlp
-from vitlab.models.base import (
-    ClassifierMixin,
-    ImageModelConfig,
-    check_images,
-    init_trunc_normal,
-    make_head,
-    stage_indices,
-)
+from vitlab.models.base import ImageModelConfig, ModelBase, call, init_trunc_normal, make_head
 from vitlab.registry import register_variants
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConvNeXtConfig(ImageModelConfig):
     depths: tuple[int, ...] = (3, 3, 9, 3)  # blocks per stage (T: 3/3/9/3, S/B/L: 3/3/27/3)
     dims: tuple[int, ...] = (96, 192, 384, 768)  # channels per stage
@@ -38,9 +31,11 @@ class ConvNeXtConfig(ImageModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.depths, self.dims = tuple(self.depths), tuple(self.dims)
         if len(self.depths) != len(self.dims):
             raise ValueError(f"depths {self.depths} and dims {self.dims} must have the same length")
+
+    def test_overrides(self) -> dict:
+        return dict(depths=(1,) * len(self.depths), img_size=64, drop_path_rate=0.0)
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -78,12 +73,11 @@ class ConvNeXtStage(nn.Module):
         else:
             self.downsample = nn.Identity()
         self.blocks = nn.Sequential(*[ConvNeXtBlock(dim, layer_scale_init, dpr[i]) for i in range(depth)])
-        self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, run_block: Callable = call) -> torch.Tensor:
         x = self.downsample(x)
         for blk in self.blocks:
-            x = checkpoint(blk, x, use_reentrant=False) if self.grad_checkpointing and x.requires_grad else blk(x)
+            x = run_block(blk, x)
         return x
 
 
@@ -100,16 +94,13 @@ class Head(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-class ConvNeXt(ClassifierMixin, nn.Module):
+class ConvNeXt(ModelBase):
     """Shapes: (B, C, H, W) -> features (B, dims[-1], H/32, W/32) -> logits (B, num_classes)."""
 
     head_name = "head.fc"
 
     def __init__(self, cfg: ConvNeXtConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.num_classes = cfg.num_classes
-        self.num_features = cfg.dims[-1]
+        super().__init__(cfg, num_features=cfg.dims[-1])
         self.stem = nn.Sequential(
             nn.Conv2d(cfg.in_chans, cfg.dims[0], cfg.patch_size, stride=cfg.patch_size),
             LayerNorm2d(cfg.dims[0], eps=1e-6),
@@ -124,30 +115,20 @@ class ConvNeXt(ClassifierMixin, nn.Module):
         self.apply(init_trunc_normal)
         self.head = Head(self.num_features, cfg.num_classes, cfg.head_norm_eps)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.cfg.in_chans)
-        return self.stages(self.stem(x))
-
-    def forward_intermediates(self, x, indices=None, norm: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False):  # fmt: skip
-        """Stage outputs (B, C_i, H_i, W_i); `norm` is accepted for API symmetry (ConvNeXt has no final norm map)."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW' for ConvNeXt, got {output_fmt!r}")
-        take = stage_indices(indices, len(self.stages))
-        check_images(x, self.cfg.in_chans)
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
         x = self.stem(x)
-        feats = []
+        outs = []
         for i, stage in enumerate(self.stages):
-            x = stage(x)
+            x = stage(x, self.run_block)  # (B, C_i, H_i, W_i)
             if i in take:
-                feats.append(x)
-        return feats if intermediates_only else (x, feats)
+                outs.append((x, None))
+        return x, outs  # unnormalised: the LayerNorm comes after pooling, in the head
+
+    def _num_intermediates(self) -> int:
+        return len(self.stages)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 _VARIANTS = {

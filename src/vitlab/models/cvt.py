@@ -12,25 +12,18 @@ dimension; kept for weight compatibility.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import DropPath, Mlp, attend
-from vitlab.models.base import (
-    ClassifierMixin,
-    ImageModelConfig,
-    check_images,
-    init_trunc_normal,
-    make_head,
-    stage_indices,
-)
+from vitlab.models.base import ImageModelConfig, ModelBase, call, init_trunc_normal, make_head, tokens_to_map
 from vitlab.registry import register_variants
 
 
-@dataclass
+@dataclass(frozen=True)
 class CvTConfig(ImageModelConfig):
     embed_dims: tuple[int, ...] = (64, 192, 384)  # channels per stage
     depths: tuple[int, ...] = (1, 2, 10)  # blocks per stage (CvT-13; CvT-21: 1/4/16)
@@ -47,10 +40,12 @@ class CvTConfig(ImageModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("embed_dims", "depths", "num_heads", "patch_sizes", "patch_strides", "patch_paddings"):
-            setattr(self, name, tuple(getattr(self, name)))
+        for name in ("embed_dims", "num_heads", "patch_sizes", "patch_strides", "patch_paddings"):
             if len(getattr(self, name)) != len(self.depths):
                 raise ValueError(f"{name}={getattr(self, name)} must have one entry per stage ({len(self.depths)})")
+
+    def test_overrides(self) -> dict:
+        return dict(depths=(1,) * len(self.depths), img_size=64, drop_path_rate=0.0)
 
 
 class ConvProjection(nn.Module):
@@ -143,34 +138,26 @@ class CvTStage(nn.Module):
         )
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if with_cls else None
         self.blocks = nn.ModuleList([CvTBlock(dim, cfg.num_heads[i], cfg, with_cls, r) for r in dpr])
-        self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, C_in, H, W) -> (map (B, C, H', W'), class token (B, 1, C) or None)."""
+    def forward(self, x: torch.Tensor, run_block: Callable = call) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(B, C_in, H, W) -> (tokens (B, [1 +] H'W', C), class token first where the stage has one; grid (H', W'))."""
         x = self.patch_embed(x)
         B, C, H, W = x.shape
         x = x.flatten(2).transpose(1, 2)  # (B, H'W', C)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
         for blk in self.blocks:
-            if self.grad_checkpointing and x.requires_grad:
-                x = checkpoint(blk, x, (H, W), use_reentrant=False)
-            else:
-                x = blk(x, (H, W))
-        cls = None
-        if self.cls_token is not None:
-            cls, x = x[:, :1], x[:, 1:]
-        return x.transpose(1, 2).reshape(B, C, H, W), cls
+            x = run_block(blk, x, (H, W))
+        return x, (H, W)
 
 
-class CvT(ClassifierMixin, nn.Module):
-    """Shapes: (B, C, H, W) -> features: class token (B, 1, D) (or the last map's tokens) -> logits."""
+class CvT(ModelBase):
+    """Shapes: (B, C, H, W) -> features: the normalised class token (B, 1, D) -> logits."""
+
+    global_pools = ("token",)
 
     def __init__(self, cfg: CvTConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.num_classes = cfg.num_classes
-        self.num_features = cfg.embed_dims[-1]
+        super().__init__(cfg, num_features=cfg.embed_dims[-1])
         n = len(cfg.depths)
         stages, in_ch = [], cfg.in_chans
         for i in range(n):
@@ -189,33 +176,24 @@ class CvT(ClassifierMixin, nn.Module):
     def attention_layers(self) -> list[ConvAttention]:
         return [blk.attn for s in self.stages for blk in s.blocks]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.cfg.in_chans)
-        cls = None
-        for stage in self.stages:
-            x, cls = stage(x)
-        return self.norm(cls)  # (B, 1, D): the class token, normalised
-
-    def forward_intermediates(self, x, indices=None, norm: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False):  # fmt: skip
-        """Stage maps (B, C_i, H_i, W_i); the final features are the normalised class token."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW' for CvT, got {output_fmt!r}")
-        take = stage_indices(indices, len(self.stages))
-        check_images(x, self.cfg.in_chans)
-        feats, cls = [], None
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
+        outs = []
         for i, stage in enumerate(self.stages):
-            x, cls = stage(x)
+            tokens, grid = stage(x, self.run_block)  # (B, [1 +] H_i*W_i, C_i)
             if i in take:
-                feats.append(x)
-        return feats if intermediates_only else (self.norm(cls), feats)
+                outs.append((tokens, grid))
+            x = tokens_to_map(tokens, grid)  # (B, C_i, H_i, W_i), the next stage's input
+        return self.norm(tokens[:, :1]), outs  # (B, 1, D): the class token (last stage), normalised
+
+    def _num_intermediates(self) -> int:
+        return len(self.stages)
+
+    def _final_norm(self) -> nn.Module:
+        return self.norm
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=1)  # (B, D): the single class token
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 _VARIANTS = {

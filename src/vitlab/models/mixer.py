@@ -7,18 +7,18 @@ LN, global average pooling, linear head. Parameter names follow timm (`stem.proj
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import DropPath, Mlp, PatchEmbed
-from vitlab.models.base import HALF, ClassifierMixin, ImageModelConfig, init_trunc_normal, make_head, stage_indices
+from vitlab.models.base import HALF, ImageModelConfig, ModelBase, init_trunc_normal, make_head
 from vitlab.registry import register_variants
 
 
-@dataclass
+@dataclass(frozen=True)
 class MixerConfig(ImageModelConfig):
     patch_size: int = 16
     embed_dim: int = 768  # C, channels per token
@@ -29,6 +29,9 @@ class MixerConfig(ImageModelConfig):
     norm_eps: float = 1e-6
     mean: tuple[float, ...] = HALF  # the JAX release normalises to [-1, 1]
     std: tuple[float, ...] = HALF
+
+    def test_overrides(self) -> dict:
+        return dict(depth=2, img_size=self.patch_size * 4, drop_path_rate=0.0)
 
 
 class MixerBlock(nn.Module):
@@ -47,12 +50,11 @@ class MixerBlock(nn.Module):
         return x + self.drop_path(self.mlp_channels(self.norm2(x)))  # mixes along C
 
 
-class MlpMixer(ClassifierMixin, nn.Module):
+class MlpMixer(ModelBase):
+    """Shapes: (B, C, H, W) -> tokens (B, N, C) with N = Hp*Wp -> logits (B, num_classes)."""
+
     def __init__(self, cfg: MixerConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.num_classes = cfg.num_classes
-        self.num_features = cfg.embed_dim
+        super().__init__(cfg, num_features=cfg.embed_dim)
         self.stem = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
         n = self.stem.num_patches
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
@@ -60,37 +62,26 @@ class MlpMixer(ClassifierMixin, nn.Module):
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.apply(init_trunc_normal)
         self.head = make_head(cfg.embed_dim, cfg.num_classes)  # zero-initialised, as in the JAX code
-        self.grad_checkpointing = False
 
-    def _blocks(self, x: torch.Tensor, take: set[int] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        feats = []
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
+        x = self.stem(x)
+        grid = (self.stem.grid_size, self.stem.grid_size)
+        outs = []
         for i, blk in enumerate(self.blocks):
-            x = checkpoint(blk, x, use_reentrant=False) if self.grad_checkpointing and x.requires_grad else blk(x)
-            if take is not None and i in take:
-                feats.append(x)
-        return x, feats
+            x = self.run_block(blk, x)
+            if i in take:
+                outs.append((x, grid))
+        return self.norm(x), outs  # (B, N, C)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self._blocks(self.stem(x))[0])  # (B, N, C)
+    def _num_intermediates(self) -> int:
+        return len(self.blocks)
 
-    def forward_intermediates(self, x, indices=None, norm: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False):  # fmt: skip
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        x, feats = self._blocks(self.stem(x), stage_indices(indices, len(self.blocks)))
-        g = self.stem.grid_size
-        if norm:
-            feats = [self.norm(f) for f in feats]
-        if output_fmt == "NCHW":
-            feats = [f.transpose(1, 2).reshape(f.shape[0], -1, g, g) for f in feats]  # (B, C, Hp, Wp)
-        return feats if intermediates_only else (self.norm(x), feats)
+    def _final_norm(self) -> nn.Module:
+        return self.norm
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=1)  # global average pooling over tokens -> (B, C)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 _VARIANTS = {

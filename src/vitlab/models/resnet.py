@@ -12,18 +12,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from vitlab.models.base import HALF, ClassifierMixin, ImageModelConfig, check_images, make_head, stage_indices
+from vitlab.models.base import HALF, ImageModelConfig, ModelBase, make_head
 from vitlab.registry import register_model, register_variants
 
 
 # ----- ResNet ------------------------------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class ResNetConfig(ImageModelConfig):
     block: str = "bottleneck"  # "basic" (two 3x3 convs; ResNet-18/34) or "bottleneck" (1x1-3x3-1x1, expansion 4)
     layers: tuple[int, ...] = (3, 4, 6, 3)  # blocks per stage (ResNet-50)
@@ -33,9 +33,11 @@ class ResNetConfig(ImageModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.layers, self.widths = tuple(self.layers), tuple(self.widths)
         if self.block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+
+    def test_overrides(self) -> dict:
+        return dict(layers=(1,) * len(self.layers), img_size=64)
 
 
 class BasicBlock(nn.Module):
@@ -91,16 +93,14 @@ def _shortcut(in_ch: int, out: int, stride: int) -> nn.Module | None:
     return nn.Sequential(nn.Conv2d(in_ch, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
 
 
-class ResNet(ClassifierMixin, nn.Module):
+class ResNet(ModelBase):
     """Shapes: (B, C, H, W) -> features (B, 512 x expansion, H/32, W/32) -> logits (B, num_classes)."""
 
     head_name = "fc"
 
     def __init__(self, cfg: ResNetConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.num_classes = cfg.num_classes
         block = BasicBlock if cfg.block == "basic" else Bottleneck
+        super().__init__(cfg, num_features=cfg.widths[-1] * block.expansion)
         self.conv1 = nn.Conv2d(cfg.in_chans, cfg.stem_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(cfg.stem_width)
         self.act1 = nn.ReLU(inplace=True)
@@ -112,8 +112,6 @@ class ResNet(ClassifierMixin, nn.Module):
                 blocks.append(block(in_ch, width, stride=2 if (i > 0 and j == 0) else 1))
                 in_ch = width * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
-        self.num_features = in_ch
-        self.grad_checkpointing = False
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -127,94 +125,66 @@ class ResNet(ClassifierMixin, nn.Module):
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(len(self.cfg.layers))]
 
-    def _stem(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.cfg.in_chans)
-        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
-
-    def _stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(stage, x, use_reentrant=False)
-        return stage(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._stem(x)
-        for stage in self.stages:
-            x = self._stage(stage, x)
-        return x
-
-    def forward_intermediates(self, x, indices=None, norm: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False):  # fmt: skip
-        """Outputs of layer1..layer4 (strides 4, 8, 16, 32): a feature pyramid for detection backbones."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW' for ResNet, got {output_fmt!r}")
-        take = stage_indices(indices, len(self.stages))
-        x = self._stem(x)
-        feats = []
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
+        """Stage outputs are layer1..layer4 (strides 4, 8, 16, 32): a feature pyramid for detection backbones."""
+        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        outs = []
         for i, stage in enumerate(self.stages):
-            x = self._stage(stage, x)
+            x = self.run_block(stage, x)  # (B, C_i, H_i, W_i)
             if i in take:
-                feats.append(x)
-        return feats if intermediates_only else (x, feats)
+                outs.append((x, None))
+        return x, outs
+
+    def _num_intermediates(self) -> int:
+        return len(self.cfg.layers)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=(-2, -1))  # global average pool -> (B, C)
         return x if pre_logits else self.fc(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
 
 # ----- LeNet-5 and AlexNet: feature extractor + classifier MLP ----------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class ClassicCNNConfig(ImageModelConfig):
     dropout: float = 0.5  # AlexNet's dropout before each hidden fully connected layer (sec. 4.2); unused by LeNet
 
+    def test_overrides(self) -> dict:
+        return dict(img_size=min(self.img_size, 96), dropout=0.0)
 
-class _ClassicCNN(ClassifierMixin, nn.Module):
+
+class _ClassicCNN(ModelBase):
     """Shared API of the two plain CNNs: `features` (conv stack) -> flatten -> `classifier` (MLP with `fc` last)."""
 
     head_name = "fc"
+    global_pools = ()  # an adaptive pool to the map size the classifier was built for, then flatten: fixed
 
-    def _init_api(self, cfg: ClassicCNNConfig, num_features: int) -> None:
-        self.cfg = cfg
-        self.num_classes = cfg.num_classes
-        self.num_features = num_features
-        self.grad_checkpointing = False
+    def _blocks(self) -> list[nn.Sequential]:
+        """`features` cut after each pooling layer (conv -> activation [-> conv ...] -> pool): the blocks that are
+        checkpointed and whose outputs `forward_intermediates` returns."""
+        ends = [i + 1 for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d | nn.AvgPool2d)]
+        return [self.features[a:b] for a, b in zip([0, *ends], ends, strict=False)]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.cfg.in_chans)
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(self.features, x, use_reentrant=False)
-        return self.features(x)
-
-    def forward_intermediates(self, x, indices=None, norm: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False):  # fmt: skip
-        """Outputs of each pooling layer of `features`."""
-        if output_fmt != "NCHW":
-            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        check_images(x, self.cfg.in_chans)
-        pools = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d | nn.AvgPool2d)]
-        take = {pools[i] for i in stage_indices(indices, len(pools))}
-        feats = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
+        outs = []
+        for i, blk in enumerate(self._blocks()):
+            x = self.run_block(blk, x)  # (B, C_i, H_i, W_i)
             if i in take:
-                feats.append(x)
-        return feats if intermediates_only else (x, feats)
+                outs.append((x, None))
+        return x, outs
+
+    def _num_intermediates(self) -> int:
+        return len(self._blocks())
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.classifier(self.pool(x).flatten(1))
         return x if pre_logits else self.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 class LeNet5(_ClassicCNN):
     """Shapes: (B, 1, 32, 32) -> C1 (B, 6, 28, 28) -> S2 14x14 -> C3 (B, 16, 10, 10) -> S4 5x5 -> 120 -> 84 -> K."""
 
     def __init__(self, cfg: ClassicCNNConfig) -> None:
-        super().__init__()
+        super().__init__(cfg, num_features=16, head_hidden_size=84)
         self.features = nn.Sequential(
             nn.Conv2d(cfg.in_chans, 6, 5), nn.Tanh(), nn.AvgPool2d(2),
             nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
@@ -223,7 +193,6 @@ class LeNet5(_ClassicCNN):
         # the adaptive pool keeps other input sizes working.
         self.pool = nn.AdaptiveAvgPool2d(5)
         self.classifier = nn.Sequential(nn.Linear(16 * 25, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh())
-        self._init_api(cfg, 84)
         self.fc = make_head(84, cfg.num_classes)
 
 
@@ -231,7 +200,7 @@ class AlexNet(_ClassicCNN):
     """Shapes: (B, 3, 224, 224) -> features (B, 256, 6, 6) -> 4096 -> 4096 -> K."""
 
     def __init__(self, cfg: ClassicCNNConfig) -> None:
-        super().__init__()
+        super().__init__(cfg, num_features=256, head_hidden_size=4096)
         relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
         self.features = nn.Sequential(
             nn.Conv2d(cfg.in_chans, 64, 11, stride=4, padding=2), relu(), nn.MaxPool2d(3, stride=2),
@@ -245,7 +214,6 @@ class AlexNet(_ClassicCNN):
             nn.Dropout(cfg.dropout), nn.Linear(256 * 36, 4096), relu(),
             nn.Dropout(cfg.dropout), nn.Linear(4096, 4096), relu(),
         )  # fmt: skip
-        self._init_api(cfg, 4096)
         self.fc = make_head(4096, cfg.num_classes)
 
 

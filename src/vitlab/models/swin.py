@@ -14,27 +14,20 @@ with the bias (+ mask) as an additive attention mask.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import DropPath, Mlp, attend
-from vitlab.models.base import (
-    ClassifierMixin,
-    ImageModelConfig,
-    check_images,
-    init_trunc_normal,
-    make_head,
-    stage_indices,
-)
+from vitlab.models.base import ImageModelConfig, ModelBase, call, init_trunc_normal, make_head
 from vitlab.ops.windows import relative_position_index, shifted_window_mask, window_partition, window_reverse
 from vitlab.registry import register_variants
 
 
-@dataclass
+@dataclass(frozen=True)
 class SwinConfig(ImageModelConfig):
     patch_size: int = 4  # patch embedding kernel = stride (sec. 3.1: 4x4 patches of 48 features)
     embed_dim: int = 96  # C, the width of stage 1; doubled by each patch merging
@@ -48,11 +41,14 @@ class SwinConfig(ImageModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.depths, self.num_heads = tuple(self.depths), tuple(self.num_heads)
         if len(self.depths) != len(self.num_heads):
             raise ValueError(f"depths {self.depths} and num_heads {self.num_heads} must have the same length")
         if self.img_size % self.patch_size:
             raise ValueError(f"img_size={self.img_size} is not a multiple of patch_size={self.patch_size}")
+
+    def test_overrides(self) -> dict:
+        # 32 patches a side: the first stages keep the variant's shifted windows, the last ones shrink them to the map.
+        return dict(depths=(2,) + (1,) * (len(self.depths) - 1), img_size=self.patch_size * 32, drop_path_rate=0.0)
 
 
 class WindowAttention(nn.Module):
@@ -157,12 +153,11 @@ class SwinStage(nn.Module):
         self.blocks = nn.Sequential(
             *[SwinBlock(cfg, dim, heads, resolution, shift=j % 2 == 1, drop_path=dpr[j]) for j in range(len(dpr))]
         )
-        self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, run_block: Callable = call) -> torch.Tensor:
         x = self.downsample(x)
         for blk in self.blocks:
-            x = checkpoint(blk, x, use_reentrant=False) if self.grad_checkpointing and x.requires_grad else blk(x)
+            x = run_block(blk, x)
         return x
 
 
@@ -178,17 +173,13 @@ class SwinPatchEmbed(nn.Module):
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
 
 
-class SwinTransformer(ClassifierMixin, nn.Module):
+class SwinTransformer(ModelBase):
     """Shapes: (B, C, H, W) -> features (B, H/32, W/32, 8C) channels-last -> logits (B, num_classes)."""
 
     head_name = "head.fc"
 
     def __init__(self, cfg: SwinConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.num_classes = cfg.num_classes
-        n = len(cfg.depths)
-        self.num_features = cfg.embed_dim * 2 ** (n - 1)
+        super().__init__(cfg, num_features=cfg.embed_dim * 2 ** (len(cfg.depths) - 1))
         self.patch_embed = SwinPatchEmbed(cfg)
         total = sum(cfg.depths)
         rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
@@ -210,34 +201,24 @@ class SwinTransformer(ClassifierMixin, nn.Module):
     def attention_layers(self) -> list[WindowAttention]:
         return [blk.attn for stage in self.layers for blk in stage.blocks]
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.cfg.in_chans)
-        return self.norm(self.layers(self.patch_embed(x)))  # (B, H', W', C')
-
-    def forward_intermediates(self, x, indices=None, norm: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False):  # fmt: skip
-        """Stage outputs as (B, C_i, H_i, W_i) ("NCHW") or channels-last (B, H_i, W_i, C_i) ("NHWC")."""
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
-        take = stage_indices(indices, len(self.layers))
-        check_images(x, self.cfg.in_chans)
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
         x = self.patch_embed(x)
-        feats = []
+        outs = []
         for i, stage in enumerate(self.layers):
-            x = stage(x)
+            x = stage(x, self.run_block)  # (B, H_i, W_i, C_i)
             if i in take:
-                y = self.norm(x) if norm and i == len(self.layers) - 1 else x
-                feats.append(y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return feats
-        return self.norm(x), feats
+                outs.append((x.flatten(1, 2), x.shape[1:3]))  # tokens (B, H_i*W_i, C_i)
+        return self.norm(x), outs  # (B, H', W', C')
+
+    def _num_intermediates(self) -> int:
+        return len(self.layers)
+
+    def _final_norm(self) -> nn.Module:
+        return self.norm
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=(1, 2))  # global average pool over the token grid -> (B, C)
         return x if pre_logits else self.head.fc(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
 
 def _init(m: nn.Module) -> None:

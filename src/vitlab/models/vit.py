@@ -11,20 +11,19 @@ in the official JAX code (timm uses a small normal for the token).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from vitlab.layers import Attention, DropPath, Mlp, PatchEmbed, resample_pos_embed, sincos_pos_embed_2d
-from vitlab.models.base import HALF, IMAGENET_MEAN, IMAGENET_STD, ImageModelConfig, make_head, stage_indices
+from vitlab.models.base import HALF, IMAGENET_MEAN, IMAGENET_STD, ImageModelConfig, ModelBase, make_head
 from vitlab.models.outputs import DistilledLogits
 from vitlab.registry import register_variants
 
 
-@dataclass
+@dataclass(frozen=True)
 class ViTConfig(ImageModelConfig):
     # img_size: the position table has (img_size / patch_size)^2 grid rows
     patch_size: int = 16  # side of a patch = kernel and stride of the embedding conv
@@ -36,6 +35,9 @@ class ViTConfig(ImageModelConfig):
     class_token: bool = True  # prepend a learned [class] token (ViT sec. 3.1)
     distilled: bool = False  # DeiT: a distillation token after the class token and a second head
     global_pool: str = "token"  # "token": head on the class token; "avg": mean of patch tokens (GAP variant)
+    # LayerNorm after pooling (fc_norm) instead of on the tokens (norm); None: after, for global_pool="avg" (timm).
+    # Resolved at construction, so a later change of global_pool (reset_classifier) keeps the built layout.
+    fc_norm: bool | None = None
     pos_embed: str = "learned"  # "learned" 1-D table (ViT), fixed 2-D "sincos" (MAE, big_vision), "none" (CPVT)
     norm_eps: float = 1e-6  # LayerNorm epsilon: 1e-6 in JAX/timm, 1e-12 in HF transformers' configs
     drop_rate: float = 0.0  # dropout after position embedding, in MLPs and before the head
@@ -54,6 +56,11 @@ class ViTConfig(ImageModelConfig):
             raise ValueError("global_pool='token' needs class_token=True")
         if self.distilled and not self.class_token:
             raise ValueError("distilled=True needs class_token=True")
+        if self.fc_norm is None:
+            object.__setattr__(self, "fc_norm", self.global_pool == "avg")
+
+    def test_overrides(self) -> dict:
+        return dict(depth=2, img_size=self.patch_size * 3, drop_path_rate=0.0)
 
 
 class Block(nn.Module):
@@ -74,20 +81,18 @@ class Block(nn.Module):
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(ModelBase):
     """ViT / DeiT.
 
     Shapes: images (B, C, H, W) -> tokens (B, N, D) with N = prefix + Hp*Wp -> logits (B, num_classes).
     """
 
+    global_pools = ("token", "avg")
+
     def __init__(self, cfg: ViTConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg, num_features=cfg.embed_dim)
         D = cfg.embed_dim
-        self.num_classes = cfg.num_classes
-        self.num_features = D
         self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled)
-        self.grad_checkpointing = False
 
         self.patch_embed = self.make_patch_embed(cfg)
         num_patches = self.patch_embed.num_patches
@@ -106,10 +111,9 @@ class VisionTransformer(nn.Module):
 
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(*[Block(cfg, dpr[i]) for i in range(cfg.depth)])
-        # GAP models normalise after pooling (fc_norm), token models before (timm's layout and key names).
-        use_fc_norm = cfg.global_pool == "avg"
-        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=cfg.norm_eps)
-        self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if use_fc_norm else nn.Identity()
+        # One LayerNorm, on the tokens (norm) or after pooling (fc_norm, GAP models): timm's layout and key names.
+        self.norm = nn.Identity() if cfg.fc_norm else nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.fc_norm = nn.LayerNorm(D, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.init_weights()
         # Official JAX ViT zero-initialises the classifier: the first logits are uniform.
@@ -135,19 +139,6 @@ class VisionTransformer(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {n for n in ("pos_embed", "cls_token", "dist_token") if isinstance(getattr(self, n, None), nn.Parameter)}
 
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            if global_pool == "token" and self.cls_token is None:
-                raise ValueError("global_pool='token' needs a class token")
-            self.cfg.global_pool = global_pool
-        self.num_classes = self.cfg.num_classes = num_classes
-        self.head = make_head(self.num_features, num_classes, like=self)
-        if self.head_dist is not None:
-            self.head_dist = make_head(self.num_features, num_classes, like=self)
-
     def get_classifier_names(self) -> list[str]:
         """Parameter-name prefixes of the classifier(s): what transfer learning replaces."""
         return ["head", "head_dist"] if self.head_dist is not None else ["head"]
@@ -171,44 +162,20 @@ class VisionTransformer(nn.Module):
         """Hook between blocks: nothing in ViT; CPVT's position generator after block 0."""
         return x
 
-    def _run_block(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(blk, x, use_reentrant=False)
-        return blk(x)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
         x, grid = self._tokens(x)
+        outs = []
         for i, blk in enumerate(self.blocks):
-            x = self._after_block(i, self._run_block(blk, x), grid)
-        return self.norm(x)  # (B, N, D)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Outputs of the blocks named by `indices` (an int n = the last n blocks; negative indices count back).
-
-        output_fmt "NCHW" gives patch feature maps (B, D, Hp, Wp) without prefix tokens; "NLC" the tokens (B, N, D).
-        """
-        if output_fmt not in ("NCHW", "NLC"):
-            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        take = stage_indices(indices, len(self.blocks))
-        x, grid = self._tokens(x)
-        intermediates = []
-        for i, blk in enumerate(self.blocks):
-            x = self._after_block(i, self._run_block(blk, x), grid)
+            x = self._after_block(i, self.run_block(blk, x), grid)
             if i in take:
-                y = self.norm(x) if norm else x
-                if output_fmt == "NCHW":
-                    y = y[:, self.num_prefix_tokens :].transpose(1, 2).reshape(x.shape[0], -1, *grid)  # (B, D, Hp, Wp)
-                intermediates.append(y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+                outs.append((x, grid))
+        return self.norm(x), outs  # (B, N, D)
+
+    def _num_intermediates(self) -> int:
+        return len(self.blocks)
+
+    def _final_norm(self) -> nn.Module | None:
+        return None if self.cfg.fc_norm else self.norm
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.global_pool == "avg":
