@@ -31,9 +31,9 @@ from vitlab.engine.report import read_metrics, write_report
 from vitlab.engine.sharding import full_state, shard_model
 from vitlab.engine.state import STATE_JSON, load_run_state, save_run_state
 from vitlab.errors import CheckpointError, ConfigError
+from vitlab.factory import create_model, load_checkpoint
 from vitlab.methods import Distillation, Supervised
-from vitlab.registry import create_model
-from vitlab.weights import checkpoint_model_name, load_checkpoint
+from vitlab.weights import checkpoint_model_name
 from vitlab.weights.io import atomic_write
 
 log = logging.getLogger(__name__)
