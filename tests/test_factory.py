@@ -8,6 +8,7 @@ variant tables of the converters checked against the registry.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 
 import pytest
@@ -153,6 +154,16 @@ def test_hf_vit_with_a_registered_variants_sizes(tmp_path):
     ours = vitlab.load_checkpoint(tmp_path)
     assert ours.model_name == "vit_micro_patch4_8" and ours.num_classes == 5 and ours.cfg.norm_eps == 1e-12
     _logits_match(ref, ours, torch.randn(3, 1, 8, 8))
+
+
+def test_hf_directory_normalisation_comes_from_its_image_processor(tmp_path):
+    T = pytest.importorskip("transformers")
+    T.ViTForImageClassification(_vit_cfg(T, T.ViTConfig)).save_pretrained(tmp_path)
+    assert vitlab.load_checkpoint(tmp_path).cfg.mean == (0.5, 0.5, 0.5)  # the ViT variant's own
+    imagenet = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])  # facebook/deit-* (as "vit")
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(imagenet))
+    m = vitlab.load_checkpoint(tmp_path)
+    assert m.cfg.mean == (0.485, 0.456, 0.406) and m.cfg.std == (0.229, 0.224, 0.225)
 
 
 def test_hf_vit_of_an_unregistered_size_loads_as_the_nearest_variant(tmp_path):

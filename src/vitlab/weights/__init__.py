@@ -24,6 +24,7 @@ from vitlab.weights.io import read_metadata, read_tensors, write_tensors
 CHECKPOINT_FILE = "checkpoint.safetensors"
 FORMAT_TAG = "vitlab"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HF_PREPROCESSOR_FILE = "preprocessor_config.json"  # the image processor's settings, beside a hub model's config
 
 
 @dataclass
@@ -142,7 +143,23 @@ def _read_hf_dir(path: Path, source: str) -> Pretrained:
     state = conv.convert(read_tensors(weights)[0])
     model, overrides = _from_config(conv, path, lambda: conv.model_for(config))
     arch = _from_config(conv, path, lambda: conv.arch(config, state))
+    arch.update(_normalisation(path, arch.get("in_chans", 3)))
     return Pretrained(state, arch, source, "hf", family=conv.family, model=model, overrides=overrides)
+
+
+def _normalisation(path: Path, in_chans: int) -> dict:
+    """mean/std of the directory's image processor, if it has one: the statistics the weights were trained with."""
+    file = path / HF_PREPROCESSOR_FILE
+    if not file.is_file():
+        return {}
+    try:
+        proc = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {file}: {e}") from None
+    mean, std = proc.get("image_mean"), proc.get("image_std")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == in_chans):
+        return {}  # absent, or for another channel count: keep the registered variant's
+    return {"mean": tuple(mean), "std": tuple(std)}
 
 
 def _from_config(conv: HfConverter, path: Path, read):
@@ -162,9 +179,8 @@ def _hub_download(repo_id: str) -> Path:
             "hf-hub: loading needs the huggingface_hub package (pip install huggingface_hub)"
         ) from None
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    files = ["config.json", HF_PREPROCESSOR_FILE, *HF_WEIGHT_FILES]
     try:
-        return Path(
-            snapshot_download(repo_id, allow_patterns=["config.json", *HF_WEIGHT_FILES], local_files_only=offline)
-        )
+        return Path(snapshot_download(repo_id, allow_patterns=files, local_files_only=offline))
     except Exception as e:  # the hub client raises many types (network, auth, missing repo)
         raise CheckpointError(f"hf-hub:{repo_id}: cannot get the checkpoint ({type(e).__name__}: {e})") from None
