@@ -50,6 +50,22 @@ def test_eval_prints_top1_top5_per_class(trained_run, capsys):
     assert text.count("\n  ") >= 10  # one line per digit
 
 
+def test_eval_transformers_directory_without_model(tmp_path, capsys):
+    """`--checkpoint HF_DIR`: config.json names the architecture (a 1-channel 8x8 ViT: vit_micro_patch4_8)."""
+    transformers = pytest.importorskip("transformers")
+    from tests.conftest import make_image_folder
+
+    cfg = transformers.ViTConfig(
+        hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, image_size=8, patch_size=4,
+        num_channels=1, num_labels=2,
+    )  # fmt: skip
+    transformers.ViTForImageClassification(cfg).save_pretrained(tmp_path / "hf")
+    data = make_image_folder(tmp_path / "imgs", per_class=5)
+    assert main(["eval", "--checkpoint", str(tmp_path / "hf"), "--data", str(data)]) == 0
+    text = capsys.readouterr().out
+    assert "top-1" in text and "per-class accuracy" in text and "cat" in text
+
+
 def test_predict_top5(trained_run, tmp_path, capsys):
     from sklearn.datasets import load_digits
 

@@ -10,8 +10,8 @@ import torch
 
 from vitlab.data.mixup import mix_batch
 from vitlab.engine.optim import param_groups, warmup_cosine
+from vitlab.factory import create_model
 from vitlab.losses import cross_entropy, distillation_loss, one_hot_smooth
-from vitlab.registry import create_model
 
 
 def test_one_hot_smooth():

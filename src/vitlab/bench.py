@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from vitlab.factory import create_model
 from vitlab.profiling import model_stats
-from vitlab.registry import create_model
 from vitlab.runtime import optimize_for_cpu_inference
 from vitlab.scaling import peak_allocated_mb
 

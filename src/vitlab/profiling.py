@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from vitlab.factory import create_model
+
 
 @dataclass
 class ModelStats:
@@ -22,8 +24,6 @@ class ModelStats:
 
 
 def model_stats(name: str, img_size: int | None = None, flops: bool = True, **overrides) -> ModelStats:
-    from vitlab.registry import create_model
-
     with torch.device("meta"):
         model = create_model(name, img_size=img_size, **overrides)
     params = sum(p.numel() for p in model.parameters())

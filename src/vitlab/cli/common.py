@@ -5,22 +5,28 @@ from __future__ import annotations
 from torch import nn
 
 from vitlab.errors import ConfigError
+from vitlab.factory import create_model, load_checkpoint
+from vitlab.weights import checkpoint_model_name
 
 
 def add_checkpoint_args(p) -> None:
-    p.add_argument("--checkpoint", required=True, help="vitlab run directory or checkpoint; or any format with --model")
-    p.add_argument("--model", default=None, help="architecture, when --checkpoint is not a vitlab checkpoint")
+    p.add_argument(
+        "--checkpoint", required=True,
+        help="vitlab run directory or checkpoint, or a transformers directory; any other format with --model",
+    )  # fmt: skip
+    p.add_argument("--model", default=None, help="architecture, when --checkpoint does not name one (a timm file)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
 def load_model(checkpoint: str, model: str | None) -> nn.Module:
-    from vitlab.registry import create_model
-    from vitlab.weights import checkpoint_model_name, load_checkpoint
-
+    """The model `--checkpoint` holds: named by `--model`, else by the checkpoint itself (vitlab or transformers)."""
     if model is not None:
         return create_model(model, pretrained=checkpoint)
     if checkpoint_model_name(checkpoint) is None:
-        raise ConfigError(f"--checkpoint {checkpoint} is not a vitlab checkpoint; name its architecture with --model")
+        raise ConfigError(
+            f"--checkpoint {checkpoint} does not say which architecture it holds (a timm or bare state dict); "
+            "name it with --model"
+        )
     return load_checkpoint(checkpoint)
 
 

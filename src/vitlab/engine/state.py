@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from vitlab.errors import CheckpointError
-from vitlab.weights import CHECKPOINT_FILE, save_checkpoint
+from vitlab.factory import save_checkpoint
+from vitlab.weights import CHECKPOINT_FILE
 from vitlab.weights.io import atomic_write, read_tensors, write_tensors
 
 STATE_JSON = "state.json"

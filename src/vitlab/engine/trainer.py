@@ -39,9 +39,8 @@ from vitlab.engine.sharding import full_state, shard_model
 from vitlab.engine.state import STATE_JSON, load_run_state, save_run_state
 from vitlab.engine.tasks import Task, get_task
 from vitlab.errors import CheckpointError, ConfigError
+from vitlab.factory import create_model, save_checkpoint
 from vitlab.methods import Method, weighted_loss
-from vitlab.registry import create_model
-from vitlab.weights import save_checkpoint
 from vitlab.weights.io import atomic_write
 
 log = logging.getLogger(__name__)

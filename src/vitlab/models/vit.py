@@ -199,15 +199,6 @@ class VisionTransformer(ModelBase):
         cls = self.head(self.head_drop(self.fc_norm(self._pool(x))))
         return DistilledLogits(cls=cls, dist=self.head_dist(self.head_drop(x[:, 1])))
 
-    def forward(self, x: torch.Tensor, distill: bool = False) -> torch.Tensor | DistilledLogits:
-        """Logits; with distill=True (distilled DeiT, training) both heads', as `forward_distill`.
-
-        The flag exists so that wrappers that only see `forward` (DistributedDataParallel) run the distillation pass.
-        """
-        if distill:
-            return self.forward_distill(x)
-        return self.forward_head(self.forward_features(x))
-
     # ----- checkpoint adaptation ------------------------------------------------------------------------------
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Resample a learned position table saved for another image size to this model's grid."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from vitlab.weights.hf import HfConverter, head_fields, rename
+from vitlab.weights.hf import HfConverter, head_fields, pick_variant, rename
 
 _RULES = [
     (r"^embeddings\.patch_embeddings\.", "stem.0."),
@@ -24,7 +24,8 @@ def convert_convnext(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return rename(state, ("convnext.",), _RULES)
 
 
-def convnext_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
+def convnext_fields(config: dict) -> dict:
+    """The ConvNeXtConfig fields a transformers config.json fixes, weights aside."""
     return dict(
         depths=tuple(config["depths"]),
         dims=tuple(config["hidden_sizes"]),
@@ -33,14 +34,36 @@ def convnext_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
         img_size=config.get("image_size", 224),
         layer_scale_init=config.get("layer_scale_init_value", 1e-6),
         head_norm_eps=config.get("layer_norm_eps", 1e-12),
-        **head_fields(config, state, "head.fc.weight"),
     )
+
+
+def convnext_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
+    return dict(convnext_fields(config), **head_fields(config, state, "head.fc.weight"))
+
+
+# ----- registered variants a config.json can name (models/convnext.py; tests/test_factory.py checks they agree) ------
+def _v(depths: tuple, dims: tuple, patch_size: int = 4, img_size: int = 224) -> dict:
+    return dict(depths=depths, dims=dims, patch_size=patch_size, in_chans=3, img_size=img_size)
+
+
+CONVNEXT_VARIANTS = {  # the base first: it wins ties
+    "convnext_tiny": _v((3, 3, 9, 3), (96, 192, 384, 768)),
+    "convnext_small": _v((3, 3, 27, 3), (96, 192, 384, 768)),
+    "convnext_base": _v((3, 3, 27, 3), (128, 256, 512, 1024)),
+    "convnext_large": _v((3, 3, 27, 3), (192, 384, 768, 1536)),
+    "convnext_micro_32": _v((1, 1, 2, 1), (32, 64, 128, 256), patch_size=2, img_size=32),
+}
+
+
+def convnext_model_for(config: dict) -> tuple[str, dict]:
+    """config.json -> (registered name, overrides), e.g. ConvNeXt-T -> `convnext_tiny`."""
+    return pick_variant(convnext_fields(config), CONVNEXT_VARIANTS, numerics=("layer_scale_init", "head_norm_eps"))
 
 
 HF = HfConverter(
     family="convnext",
-    model_types=("convnext",),
     marker="embeddings.patch_embeddings.weight",
     convert=convert_convnext,
     arch=convnext_arch,
+    model_for=convnext_model_for,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from vitlab.errors import CheckpointError
-from vitlab.weights.hf import HfConverter, head_fields, rename
+from vitlab.weights.hf import HfConverter, head_fields, pick_variant, rename
 
 _L = r"^encoder\.stages\.(\d+)\.layers\.(\d+)\."
 _A = _L + r"attention\.attention\."
@@ -36,7 +36,8 @@ def convert_cvt(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def cvt_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
+def cvt_fields(config: dict) -> dict:
+    """The CvTConfig fields a transformers config.json fixes, weights aside."""
     n = len(config["depth"])
     if list(config.get("cls_token", [False] * (n - 1) + [True])) != [False] * (n - 1) + [True]:
         raise CheckpointError("config.json: CvT with a class token outside the last stage is not supported")
@@ -57,14 +58,45 @@ def cvt_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
         stride_kv=config["stride_kv"][0],
         mlp_ratio=config["mlp_ratio"][0],
         qkv_bias=config["qkv_bias"][0],
-        **head_fields(config, state, "head.weight"),
     )
+
+
+def cvt_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
+    return dict(cvt_fields(config), **head_fields(config, state, "head.weight"))
+
+
+# ----- registered variants a config.json can name (models/cvt.py; tests/test_factory.py checks they agree) -----------
+_CVT = dict(
+    img_size=224, in_chans=3, embed_dims=(64, 192, 384), num_heads=(1, 3, 6), patch_sizes=(7, 3, 3),
+    patch_strides=(4, 2, 2), patch_paddings=(2, 1, 1), kernel_qkv=3, stride_kv=2, mlp_ratio=4.0, qkv_bias=True,
+)  # fmt: skip
+CVT_VARIANTS = {  # the base first: it wins ties
+    "cvt_13_224": dict(_CVT, depths=(1, 2, 10)),
+    "cvt_21_224": dict(_CVT, depths=(1, 4, 16)),
+    "cvt_13_384": dict(_CVT, depths=(1, 2, 10), img_size=384),
+    "cvt_micro_32": dict(
+        _CVT,
+        img_size=32,
+        in_chans=1,
+        embed_dims=(32, 64, 128),
+        depths=(1, 1, 2),
+        num_heads=(1, 2, 4),
+        patch_sizes=(3, 3, 3),
+        patch_strides=(2, 2, 2),
+        patch_paddings=(1, 1, 1),
+    ),  # fmt: skip
+}
+
+
+def cvt_model_for(config: dict) -> tuple[str, dict]:
+    """config.json -> (registered name, overrides), e.g. microsoft/cvt-13's -> `cvt_13_224`."""
+    return pick_variant(cvt_fields(config), CVT_VARIANTS)
 
 
 HF = HfConverter(
     family="cvt",
-    model_types=("cvt",),
     marker="convolution_embeddings.projection.weight",
     convert=convert_cvt,
     arch=cvt_arch,
+    model_for=cvt_model_for,
 )

@@ -1,4 +1,7 @@
-"""Hugging Face transformers checkpoints: one converter per model family, found by `model_type` or by the keys."""
+"""Hugging Face transformers checkpoints: what a converter is, and the renaming helpers the converters share.
+
+The converters live beside this file, one module per family; `vitlab.weights.catalog` keys them by `model_type`.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,10 @@ from vitlab.errors import CheckpointError
 @dataclass(frozen=True)
 class HfConverter:
     family: str  # vitlab family the weights load into
-    model_types: tuple[str, ...]  # config.json `model_type` values
     marker: str  # a key suffix only this family's state dicts have
     convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]  # HF names -> vitlab names
     arch: Callable[[dict, dict[str, torch.Tensor]], dict]  # config.json (+ converted state) -> vitlab config fields
+    model_for: Callable[[dict], tuple[str, dict]]  # config.json -> (registered model name, config overrides)
 
 
 def rename(state: dict[str, torch.Tensor], prefixes: tuple[str, ...], rules: list[tuple[str, str]]) -> dict:
@@ -79,15 +82,24 @@ def labels_from_config(config: dict, num_classes: int) -> list[str]:
     return []
 
 
-def all_converters() -> list[HfConverter]:
-    from vitlab.weights import convnext, cvt, resnet, swin, vit
-
-    return [vit.HF, convnext.HF, resnet.HF, swin.HF, cvt.HF]
+_MISSING = object()
 
 
-def find_by_model_type(model_type: str | None) -> HfConverter | None:
-    return next((c for c in all_converters() if model_type in c.model_types), None)
+def pick_variant(fields: dict, variants: dict[str, dict], numerics: tuple[str, ...] = ()) -> tuple[str, dict]:
+    """(registered name, config overrides) for the architecture `fields` that a config.json describes.
 
+    `variants` maps registered names to the fields that define them; the first is the family's base, which wins ties.
+    The variant whose fields all equal the config's is chosen; else the nearest (the fewest fields differ), with the
+    config's values as overrides, so that a size no variant has still loads. `numerics` (epsilons, initial scales:
+    they change outputs, not shapes) never decide the variant and are always overrides.
+    """
+    arch = {k: v for k, v in fields.items() if k not in numerics}
 
-def find_by_keys(state: dict[str, torch.Tensor]) -> HfConverter | None:
-    return next((c for c in all_converters() if any(k.endswith(c.marker) for k in state)), None)
+    def distance(name: str) -> int:
+        want = variants[name]
+        return sum(want.get(k, _MISSING) != v for k, v in arch.items()) + sum(k not in arch for k in want)
+
+    name = min(variants, key=distance)  # min keeps the first of equals: the base
+    overrides = {k: v for k, v in arch.items() if variants[name].get(k, _MISSING) != v}
+    overrides.update({k: fields[k] for k in numerics if k in fields})
+    return name, overrides

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from vitlab.errors import CheckpointError
@@ -23,8 +23,6 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
         raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
     if path.suffix == ".safetensors":
         try:
-            from safetensors import safe_open
-
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
             return load_file(str(path)), meta
@@ -45,6 +43,20 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"cannot read {path}: {e}") from None
     return _unwrap_state_dict(obj, path), {}
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """A .safetensors file's metadata without reading its tensors; {} for pickles, which carry none."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    if path.suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
 
 
 def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ import re
 import torch
 
 from vitlab.errors import CheckpointError
-from vitlab.weights.hf import HfConverter, head_fields, rename
+from vitlab.weights.hf import HfConverter, head_fields, pick_variant, rename
 
 _RULES = [
     (r"^embedder\.embedder\.convolution\.", "conv1."),
@@ -30,7 +30,8 @@ def convert_resnet(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {_number(k): v for k, v in rename(state, ("resnet.",), _RULES).items()}
 
 
-def resnet_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
+def resnet_fields(config: dict) -> dict:
+    """The ResNetConfig fields a transformers config.json fixes, weights aside."""
     if config.get("downsample_in_bottleneck") or config.get("downsample_in_first_stage"):
         raise CheckpointError(
             "config.json: ResNet with downsample_in_bottleneck/first_stage (v1 / D variants) is not supported"
@@ -45,14 +46,35 @@ def resnet_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
         widths=tuple(h // expansion for h in config["hidden_sizes"]),
         stem_width=config.get("embedding_size", 64),
         in_chans=config.get("num_channels", 3),
-        **head_fields(config, state, "fc.weight"),
     )
+
+
+def resnet_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
+    return dict(resnet_fields(config), **head_fields(config, state, "fc.weight"))
+
+
+# ----- registered variants a config.json can name (models/resnet.py; tests/test_factory.py checks they agree) --------
+def _v(block: str, layers: tuple) -> dict:
+    return dict(block=block, layers=layers, widths=(64, 128, 256, 512), stem_width=64, in_chans=3)
+
+
+RESNET_VARIANTS = {  # the base first: it wins ties
+    "resnet50": _v("bottleneck", (3, 4, 6, 3)),
+    "resnet101": _v("bottleneck", (3, 4, 23, 3)),
+    "resnet18": _v("basic", (2, 2, 2, 2)),
+    "resnet34": _v("basic", (3, 4, 6, 3)),
+}
+
+
+def resnet_model_for(config: dict) -> tuple[str, dict]:
+    """config.json -> (registered name, overrides), e.g. microsoft/resnet-50's -> `resnet50`."""
+    return pick_variant(resnet_fields(config), RESNET_VARIANTS)
 
 
 HF = HfConverter(
     family="resnet",
-    model_types=("resnet",),
     marker="embedder.embedder.convolution.weight",
     convert=convert_resnet,
     arch=resnet_arch,
+    model_for=resnet_model_for,
 )

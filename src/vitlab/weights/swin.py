@@ -10,7 +10,7 @@ import re
 import torch
 
 from vitlab.errors import CheckpointError
-from vitlab.weights.hf import HfConverter, fuse_qkv, head_fields, rename
+from vitlab.weights.hf import HfConverter, fuse_qkv, head_fields, pick_variant, rename
 
 _B = r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\."
 _RULES = [
@@ -37,7 +37,8 @@ def convert_swin(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-def swin_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
+def swin_fields(config: dict) -> dict:
+    """The SwinConfig fields a transformers config.json fixes, weights aside."""
     if config.get("use_absolute_embeddings"):
         raise CheckpointError("config.json: Swin with use_absolute_embeddings=True is not supported")
     if config.get("hidden_act", "gelu") != "gelu":
@@ -53,14 +54,40 @@ def swin_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
         mlp_ratio=config.get("mlp_ratio", 4.0),
         qkv_bias=config.get("qkv_bias", True),
         norm_eps=config.get("layer_norm_eps", 1e-5),
-        **head_fields(config, state, "head.fc.weight"),
     )
+
+
+def swin_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
+    return dict(swin_fields(config), **head_fields(config, state, "head.fc.weight"))
+
+
+# ----- registered variants a config.json can name (models/swin.py; tests/test_factory.py checks they agree) ----------
+def _v(embed_dim: int, depths: tuple, num_heads: tuple, window_size: int = 7, img_size: int = 224, **kw) -> dict:
+    return dict(
+        img_size=img_size, patch_size=4, in_chans=3, embed_dim=embed_dim, depths=depths, num_heads=num_heads,
+        window_size=window_size, mlp_ratio=4.0, qkv_bias=True, **kw,
+    )  # fmt: skip
+
+
+SWIN_VARIANTS = {  # the base first: it wins ties
+    "swin_tiny_patch4_window7_224": _v(96, (2, 2, 6, 2), (3, 6, 12, 24)),
+    "swin_small_patch4_window7_224": _v(96, (2, 2, 18, 2), (3, 6, 12, 24)),
+    "swin_base_patch4_window7_224": _v(128, (2, 2, 18, 2), (4, 8, 16, 32)),
+    "swin_base_patch4_window12_384": _v(128, (2, 2, 18, 2), (4, 8, 16, 32), window_size=12, img_size=384),
+    "swin_large_patch4_window7_224": _v(192, (2, 2, 18, 2), (6, 12, 24, 48)),
+    "swin_micro_patch4_window4_32": _v(64, (2, 2, 2), (2, 4, 8), window_size=4, img_size=32),
+}
+
+
+def swin_model_for(config: dict) -> tuple[str, dict]:
+    """config.json -> (registered name, overrides), e.g. Swin-T -> `swin_tiny_patch4_window7_224`."""
+    return pick_variant(swin_fields(config), SWIN_VARIANTS, numerics=("norm_eps",))
 
 
 HF = HfConverter(
     family="swin",
-    model_types=("swin",),
     marker="attention.self.relative_position_bias_table",
     convert=convert_swin,
     arch=swin_arch,
+    model_for=swin_model_for,
 )

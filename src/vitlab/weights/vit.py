@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from vitlab.errors import CheckpointError
-from vitlab.weights.hf import HfConverter, fuse_qkv, head_fields, rename
+from vitlab.weights.hf import HfConverter, fuse_qkv, head_fields, pick_variant, rename
 
 _PREFIXES = ("vit.", "deit.")
 
@@ -36,13 +36,13 @@ def convert_vit(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return fuse_qkv(rename(state, _PREFIXES, _RENAMES))
 
 
-def vit_arch_from_config(config: dict, state: dict[str, torch.Tensor]) -> dict:
-    """ViTConfig fields from a transformers config.json (ViTConfig / DeiTConfig)."""
+def vit_fields(config: dict) -> dict:
+    """The ViTConfig fields a transformers config.json (ViTConfig / DeiTConfig) fixes, weights aside."""
     act = config.get("hidden_act", "gelu")
     if act != "gelu":
         raise CheckpointError(f"config.json: hidden_act={act!r} is not supported (vitlab's ViT uses exact 'gelu')")
     D = config["hidden_size"]
-    arch = dict(
+    return dict(
         embed_dim=D,
         depth=config["num_hidden_layers"],
         num_heads=config["num_attention_heads"],
@@ -51,11 +51,14 @@ def vit_arch_from_config(config: dict, state: dict[str, torch.Tensor]) -> dict:
         img_size=config["image_size"],
         in_chans=config.get("num_channels", 3),
         qkv_bias=config.get("qkv_bias", True),
+        distilled=config.get("model_type") == "deit",  # transformers' DeiT always has the distillation token
         norm_eps=config.get("layer_norm_eps", 1e-12),
-        distilled="dist_token" in state,
-        class_token=True,
-        global_pool="token",
     )
+
+
+def vit_arch_from_config(config: dict, state: dict[str, torch.Tensor]) -> dict:
+    """ViTConfig fields from a transformers config.json and the (converted) weights: sizes, head, class names."""
+    arch = dict(vit_fields(config), distilled="dist_token" in state, class_token=True, global_pool="token")
     arch.update(head_fields(config, state, "head.weight"))
     if arch["distilled"] and "head_dist.weight" not in state and "head.weight" in state:
         raise CheckpointError(
@@ -65,10 +68,66 @@ def vit_arch_from_config(config: dict, state: dict[str, torch.Tensor]) -> dict:
     return arch
 
 
+# ----- registered variants a config.json can name (models/vit.py; tests/test_factory.py checks they agree) -----------
+_SIZES = {  # (embed_dim, depth, num_heads), ViT Table 1 and DeiT Table 1
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+    "mini": (192, 6, 3),
+    "micro": (64, 4, 4),
+}
+
+
+def _v(size: str, patch_size: int, img_size: int = 224, **kw) -> dict:
+    D, L, H = _SIZES[size]
+    base = dict(mlp_ratio=4.0, in_chans=3, qkv_bias=True, distilled=False)
+    if size == "micro":  # the 8x8 digits configs
+        base.update(mlp_ratio=2.0, in_chans=1)
+    return {**base, "embed_dim": D, "depth": L, "num_heads": H, "patch_size": patch_size, "img_size": img_size, **kw}
+
+
+VIT_VARIANTS = {  # the base first: it wins ties
+    "vit_base_patch16_224": _v("base", 16),
+    "vit_base_patch16_384": _v("base", 16, 384),
+    "vit_base_patch8_224": _v("base", 8),
+    "vit_base_patch32_224": _v("base", 32),
+    "vit_base_patch32_384": _v("base", 32, 384),
+    "vit_tiny_patch16_224": _v("tiny", 16),
+    "vit_tiny_patch16_384": _v("tiny", 16, 384),
+    "vit_small_patch16_224": _v("small", 16),
+    "vit_small_patch16_384": _v("small", 16, 384),
+    "vit_small_patch32_224": _v("small", 32),
+    "vit_large_patch16_224": _v("large", 16),
+    "vit_large_patch16_384": _v("large", 16, 384),
+    "vit_large_patch32_224": _v("large", 32),
+    "vit_huge_patch14_224": _v("huge", 14),
+    "vit_mini_patch4_32": _v("mini", 4, 32),
+    "vit_micro_patch2_8": _v("micro", 2, 8),
+    "vit_micro_patch4_8": _v("micro", 4, 8),
+    "vit_micro_patch4_16": _v("micro", 4, 16),
+}
+DEIT_VARIANTS = {  # transformers' DeiT has the distillation token: the distilled variants
+    "deit_base_distilled_patch16_224": _v("base", 16, distilled=True),
+    "deit_base_distilled_patch16_384": _v("base", 16, 384, distilled=True),
+    "deit_tiny_distilled_patch16_224": _v("tiny", 16, distilled=True),
+    "deit_small_distilled_patch16_224": _v("small", 16, distilled=True),
+    "deit_micro_distilled_patch4_8": _v("micro", 4, 8, distilled=True),
+}
+
+
+def vit_model_for(config: dict) -> tuple[str, dict]:
+    """config.json (model_type "vit" or "deit") -> (registered name, overrides), e.g. ViT-B/16 at 224 ->
+    `vit_base_patch16_224`; a DeiT -> a `deit_*_distilled_*` variant."""
+    variants = DEIT_VARIANTS if config.get("model_type") == "deit" else VIT_VARIANTS
+    return pick_variant(vit_fields(config), variants, numerics=("norm_eps",))
+
+
 HF = HfConverter(
     family="vit",
-    model_types=("vit", "deit"),
     marker="embeddings.patch_embeddings.projection.weight",
     convert=convert_vit,
     arch=vit_arch_from_config,
+    model_for=vit_model_for,
 )

@@ -14,9 +14,9 @@ from vitlab.engine.evaluators import ClassificationEvaluator, ClassificationResu
 from vitlab.engine.report import Section, new_figure, table
 from vitlab.engine.tasks.base import Task, TaskConfig, num_classes_must_match
 from vitlab.errors import ConfigError
+from vitlab.factory import create_model, load_checkpoint
 from vitlab.methods import Distillation, Supervised
-from vitlab.registry import create_model
-from vitlab.weights import checkpoint_model_name, load_checkpoint
+from vitlab.weights import checkpoint_model_name
 
 
 def _f(default, help: str):

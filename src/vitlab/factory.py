@@ -1,0 +1,187 @@
+"""The model factory: `create_model`, `load_checkpoint`, `save_checkpoint` (timm's call signatures).
+
+The one module that knows the registry, the models and the weight formats. It imports `vitlab.models`, so every
+family is registered once `vitlab` is imported; it reads checkpoints with `vitlab.weights` (which knows no model),
+builds the registered model the caller or the checkpoint names, and fits the weights to it: position tables
+resampled, a classifier of another size or none at all (a headless checkpoint) replaced by the model's own new head
+with a warning, anything else that does not fit reported key by key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from torch import nn
+
+import vitlab.models  # noqa: F401  (importing the families registers their variants)
+from vitlab.errors import CheckpointError, ConfigError
+from vitlab.registry import ModelEntry, get_entry
+from vitlab.weights import Pretrained, read_pretrained, write_checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def create_model(
+    name: str,
+    pretrained: str | Path | None = None,
+    num_classes: int | None = None,
+    img_size: int | None = None,
+    **overrides,
+) -> nn.Module:
+    """Build a registered model, optionally from a checkpoint.
+
+    `pretrained` may be a vitlab run or checkpoint, a Hugging Face transformers directory (`save_pretrained`),
+    a timm state dict (.safetensors/.pth/.bin) or `hf-hub:org/name`. The checkpoint's architecture settings
+    apply first, then `num_classes` / `img_size` / `overrides`: a different `img_size` resamples the position
+    embedding; a different `num_classes`, or a checkpoint without a classifier, gives a new head (with a warning).
+    """
+    entry = get_entry(name)
+    user = _user_overrides(num_classes, img_size, overrides)
+    if pretrained is None:
+        return build_model(entry, user)
+    return _from_pretrained(entry, read_pretrained(pretrained), user)
+
+
+def load_checkpoint(
+    path: str | Path, num_classes: int | None = None, img_size: int | None = None, **overrides
+) -> nn.Module:
+    """Rebuild a model from a self-describing checkpoint, naming no architecture (as `from_pretrained` does).
+
+    A vitlab checkpoint file or run directory names its model and config; a transformers directory (or
+    `hf-hub:org/name`) describes its architecture in config.json, from which the matching registered variant is
+    chosen (or the family's nearest one, with the config's sizes as overrides). A timm state dict does not say what
+    it is: load it with `create_model(name, pretrained=path)`. Overrides apply as in `create_model`.
+    """
+    ckpt = read_pretrained(path)
+    if ckpt.model is None:
+        raise CheckpointError(
+            f"{ckpt.source}: a {ckpt.fmt} state dict does not say which architecture it holds; "
+            f"use create_model(NAME, pretrained={str(path)!r})"
+        )
+    if ckpt.fmt == "hf":
+        log.info("%s: transformers checkpoint loaded as %s %s", ckpt.source, ckpt.model, ckpt.overrides or "")
+    return _from_pretrained(get_entry(ckpt.model), ckpt, _user_overrides(num_classes, img_size, overrides))
+
+
+def save_checkpoint(
+    model: nn.Module, path: str | Path, extra: dict | None = None, state_dict: dict | None = None
+) -> Path:
+    """Write the model's weights, registered name and config to one safetensors file (atomically). Returns the path.
+
+    state_dict: the weights to write instead of `model.state_dict()` (gathered from the ranks of a sharded model).
+    """
+    name = getattr(model, "model_name", type(model).__name__)
+    state = model.state_dict() if state_dict is None else state_dict
+    return write_checkpoint(path, state, name, dataclasses.asdict(model.cfg), extra)
+
+
+def build_model(entry: ModelEntry, kwargs: dict) -> nn.Module:
+    """`entry`'s factory called with `kwargs`, each checked against its config dataclass first."""
+    if entry.config_cls is not None:
+        allowed = {f.name for f in dataclasses.fields(entry.config_cls)}
+        unknown = sorted(set(kwargs) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"{entry.name}: unknown argument(s) {', '.join(unknown)}; accepted: {', '.join(sorted(allowed))}"
+            )
+    try:
+        model = entry.factory(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{entry.name}: {e}") from None
+    model.model_name = entry.name
+    return model
+
+
+def _user_overrides(num_classes: int | None, img_size: int | None, overrides: dict) -> dict:
+    user = dict(overrides)
+    if num_classes is not None:
+        user["num_classes"] = num_classes
+    if img_size is not None:
+        user["img_size"] = img_size
+    return user
+
+
+def _from_pretrained(entry: ModelEntry, ckpt: Pretrained, user: dict) -> nn.Module:
+    if ckpt.family and ckpt.family != entry.family:
+        raise CheckpointError(
+            f"{ckpt.source}: a transformers {ckpt.family} checkpoint cannot be loaded into {entry.name!r} "
+            f"({entry.family})"
+        )
+    kwargs = {**_fit_arch(ckpt, entry), **user}
+    if len(kwargs.get("labels", [])) not in (0, kwargs.get("num_classes", -1)):
+        kwargs["labels"] = []  # a new head: the checkpoint's class names no longer apply
+    model = build_model(entry, kwargs)
+    load_pretrained_into(model, ckpt)
+    return model
+
+
+def _fit_arch(ckpt: Pretrained, entry: ModelEntry) -> dict:
+    if entry.config_cls is None:
+        return {}
+    known = {f.name for f in dataclasses.fields(entry.config_cls)}
+    unknown = sorted(set(ckpt.arch) - known)
+    if unknown:
+        raise CheckpointError(f"{ckpt.source}: config keys {', '.join(unknown)} do not belong to model {entry.name!r}")
+    return ckpt.arch
+
+
+# ----- fitting a state dict to a model -----------------------------------------------------------------------------
+def load_pretrained_into(model: nn.Module, ckpt: Pretrained) -> None:
+    """Copy the checkpoint's weights into `model`; only its classifier may differ from the model's.
+
+    A classifier of another size (fine-tuning to new classes), or none at all (a headless checkpoint: timm's
+    feature-extractor files, transformers' `ViTModel`), leaves the model's own freshly initialised head in place,
+    with one warning, as timm does. Any other key missing, unexpected or of another shape is an error naming it.
+    """
+    state = dict(ckpt.state)
+    if hasattr(model, "adapt_state_dict"):
+        state = model.adapt_state_dict(state)
+    own = model.state_dict()
+    heads = [f"{h}." for h in getattr(model, "get_classifier_names", lambda: [])()]
+
+    def head_of(k: str) -> str | None:
+        return next((h for h in heads if k.startswith(h)), None)
+
+    # A head of another size is expected when fine-tuning; a head the checkpoint lacks entirely, for a new task.
+    reset = sorted(k for k in state if head_of(k) and (k not in own or own[k].shape != state[k].shape))
+    absent = {h for h in heads if not any(k.startswith(h) for k in state)}
+    new = sorted(k for k in own if head_of(k) in absent)
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and v.shape != own[k].shape and k not in reset
+    ]
+    missing = sorted(k for k in own if k not in state and k not in new and not (reset and head_of(k)))
+    unexpected = sorted(k for k in state if k not in own and k not in reset)
+    if mismatched or missing or unexpected:
+        parts = []
+        for label, items in (
+            ("shape mismatch", mismatched),
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+        ):
+            if items:
+                more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
+                parts.append(f"{label} ({len(items)}): " + "; ".join(items[:8]) + more)
+        name = getattr(model, "model_name", type(model).__name__)
+        raise CheckpointError(f"{ckpt.source} ({ckpt.fmt} format) does not fit {name}: " + " | ".join(parts))
+    num_classes = getattr(model, "num_classes", -1)
+    if reset:
+        log.warning(
+            "%s: classifier %s does not fit this model's %d classes; it is re-initialised (train it before use)",
+            ckpt.source,
+            ", ".join(reset),
+            num_classes,
+        )
+        for k in reset:
+            del state[k]
+    if new:
+        log.warning(
+            "%s has no classifier (%s): a new head for %d classes is initialised (train it before use)",
+            ckpt.source,
+            ", ".join(new),
+            num_classes,
+        )
+    model.load_state_dict(state, strict=False)

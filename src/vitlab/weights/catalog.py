@@ -1,0 +1,30 @@
+"""The Hugging Face transformers formats vitlab reads: one converter per config.json `model_type`.
+
+A new family (DETR, CLIP, DINOv2, MAE, ViViT) adds a converter module beside this file (`convert`, `arch`,
+`model_for`: see `vitlab.weights.hf.HfConverter`) and one line to `HF_CONVERTERS`; the factory needs no change.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vitlab.weights import convnext, cvt, resnet, swin, vit
+from vitlab.weights.hf import HfConverter
+
+HF_CONVERTERS: dict[str, HfConverter] = {
+    "vit": vit.HF,
+    "deit": vit.HF,  # the same weights layout; `vit_model_for` picks the distilled variants for it
+    "swin": swin.HF,
+    "cvt": cvt.HF,
+    "convnext": convnext.HF,
+    "resnet": resnet.HF,
+}
+
+
+def find_by_model_type(model_type: str | None) -> HfConverter | None:
+    return HF_CONVERTERS.get(model_type or "")
+
+
+def find_by_keys(state: dict[str, torch.Tensor]) -> HfConverter | None:
+    """The converter whose marker key the state dict has (a transformers state dict without its config.json)."""
+    return next((c for c in HF_CONVERTERS.values() if any(k.endswith(c.marker) for k in state)), None)
