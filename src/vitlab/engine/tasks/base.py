@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vitlab.data import DataSplits, ImageTransform, TransformedDataset
+from vitlab.data.batches import collate_images
 from vitlab.engine.evaluators import EvalResult, Evaluator
 from vitlab.engine.report import Section
 from vitlab.errors import ConfigError
@@ -71,8 +72,16 @@ class Task:
         return ["  ".join(f"{evaluator.label(k)} {v:.4f}" for k, v in result.metrics.items())]
 
 
-def num_classes_must_match(model: nn.Module, splits: DataSplits, where: str) -> None:
-    if getattr(model, "num_classes", None) != len(splits.classes):
-        raise ConfigError(
-            f"{where} has {len(splits.classes)} classes but the checkpoint's head has {model.num_classes}"
-        )
+class ClassifierTask(Task):
+    """A task whose model ends in one logit per class (single- or multi-label): the head is sized by the data."""
+
+    collate = staticmethod(collate_images)
+
+    def model_kwargs(self, splits: DataSplits) -> dict:
+        return {"num_classes": len(splits.classes), "labels": list(splits.classes)}
+
+    def check_model(self, model: nn.Module, splits: DataSplits, where: str) -> None:
+        if getattr(model, "num_classes", None) != len(splits.classes):
+            raise ConfigError(
+                f"{where} has {len(splits.classes)} classes but the checkpoint's head has {model.num_classes}"
+            )

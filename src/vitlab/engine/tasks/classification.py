@@ -6,13 +6,11 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from vitlab.data import DataSplits, load_data
-from vitlab.data.batches import collate_images
 from vitlab.engine.evaluators import ClassificationEvaluator, ClassificationResult
 from vitlab.engine.report import Section, new_figure, table
-from vitlab.engine.tasks.base import Task, TaskConfig, num_classes_must_match
+from vitlab.engine.tasks.base import ClassifierTask, Task, TaskConfig
 from vitlab.errors import ConfigError
 from vitlab.factory import create_model, load_checkpoint
 from vitlab.methods import Distillation, Supervised
@@ -55,20 +53,13 @@ class DistillationConfig(ClassificationConfig):
             raise ConfigError(f"--distill must be 'hard' or 'soft', got {self.distill!r}")
 
 
-class ClassificationTask(Task):
+class ClassificationTask(ClassifierTask):
     name = "classification"
     help = "one label per image: cross-entropy, top-1/top-5, confusion matrix"
     config_cls = ClassificationConfig
-    collate = staticmethod(collate_images)
 
     def load_data(self, spec: str, test_fraction: float, tcfg) -> DataSplits:
         return load_data(spec, test_fraction)
-
-    def model_kwargs(self, splits: DataSplits) -> dict:
-        return {"num_classes": len(splits.classes), "labels": list(splits.classes)}
-
-    def check_model(self, model: nn.Module, splits: DataSplits, where: str) -> None:
-        num_classes_must_match(model, splits, where)
 
     def build_method(self, tcfg: ClassificationConfig, splits: DataSplits, device: torch.device) -> Supervised:
         return Supervised(len(splits.classes), tcfg.label_smoothing, tcfg.mixup, tcfg.cutmix)

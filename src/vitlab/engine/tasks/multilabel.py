@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 import torch
 
 from vitlab.data import DataSplits
-from vitlab.data.batches import collate_images
 from vitlab.data.generated import multi_digit_splits
 from vitlab.engine.evaluators import MultiLabelEvaluator, MultiLabelResult
 from vitlab.engine.report import Section, new_figure, table
-from vitlab.engine.tasks.base import Task, TaskConfig, num_classes_must_match
+from vitlab.engine.tasks.base import ClassifierTask, TaskConfig
 from vitlab.errors import ConfigError, DataError
 from vitlab.methods import MultiLabel
 
@@ -34,22 +33,15 @@ class MultiLabelConfig(TaskConfig):
             raise ConfigError(f"--threshold must be in (0, 1), got {self.threshold}")
 
 
-class MultiLabelTask(Task):
+class MultiLabelTask(ClassifierTask):
     name = "multilabel"
     help = "several labels per image: binary cross-entropy, mean average precision (generated multi-digit images)"
     config_cls = MultiLabelConfig
-    collate = staticmethod(collate_images)
 
     def load_data(self, spec: str, test_fraction: float, tcfg: MultiLabelConfig) -> DataSplits:
         if spec != "digits":
             raise DataError(f"--task multilabel reads --data digits (generated multi-digit images), got {spec!r}")
         return multi_digit_splits(tcfg.max_digits, test_fraction=test_fraction)
-
-    def model_kwargs(self, splits: DataSplits) -> dict:
-        return {"num_classes": len(splits.classes), "labels": list(splits.classes)}
-
-    def check_model(self, model, splits: DataSplits, where: str) -> None:
-        num_classes_must_match(model, splits, where)
 
     def build_method(self, tcfg: MultiLabelConfig, splits: DataSplits, device: torch.device) -> MultiLabel:
         return MultiLabel()
