@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from vitlab.errors import ConfigError
+from vitlab.errors import CheckpointError, ConfigError
 from vitlab.factory import create_model, load_checkpoint
 from vitlab.weights import checkpoint_model_name
 
@@ -35,17 +35,15 @@ def checkpoint_task(checkpoint: str) -> str | None:
     import json
     from pathlib import Path
 
-    from safetensors import safe_open
-
     from vitlab.weights import CHECKPOINT_FILE
+    from vitlab.weights.io import read_metadata
 
     path = Path(checkpoint)
     file = path / CHECKPOINT_FILE if path.is_dir() else path
-    if file.suffix != ".safetensors" or not file.is_file():
-        return None
+    if not file.is_file():
+        return None  # not a vitlab file or run: loading it reports what it is
     try:
-        with safe_open(str(file), "pt") as f:
-            extra = json.loads((f.metadata() or {}).get("extra", "{}"))
-    except Exception:  # a corrupt file: loading it reports the error properly
+        extra = json.loads(read_metadata(file).get("extra", "{}"))
+    except (CheckpointError, json.JSONDecodeError):  # a corrupt file: loading it reports the error properly
         return None
     return extra.get("task") if isinstance(extra, dict) else None
