@@ -33,3 +33,16 @@ def make_image_folder(root: Path, classes=("cat", "dog"), per_class: int = 6, si
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "imgs")
+
+
+def randomise_weights(model):
+    """Perturb every parameter and BatchNorm statistic (HF zero-initialises biases), so every weight matters."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * (0.05 if p.ndim > 1 else 0.2))
+        for name, b in model.named_buffers():  # BatchNorm statistics, so eval-mode BN is not the identity
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn_like(b) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand_like(b) + 0.5)
+    return model.eval()

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import save_file
 
 import vitlab
+from tests.conftest import randomise_weights
 from vitlab.errors import CheckpointError
 from vitlab.registry import get_entry
 from vitlab.weights import checkpoint_model_name, convnext, cvt, resnet, swin, vit
@@ -40,19 +41,6 @@ FIELDS = {  # config.json -> the config fields it fixes, per model_type
     "resnet": resnet.resnet_fields,
     "cvt": cvt.cvt_fields,
 }
-
-
-def _randomise(model):
-    # HF zero-initialises biases and sets norms to identity: perturb everything so every weight matters.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * (0.05 if p.ndim > 1 else 0.2))
-        for name, b in model.named_buffers():  # BatchNorm statistics, so eval-mode BN is not the identity
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn_like(b) * 0.1)
-            elif name.endswith("running_var"):
-                b.copy_(torch.rand_like(b) + 0.5)
-    return model.eval()
 
 
 def _logits_match(ref, ours, x) -> None:
@@ -148,7 +136,7 @@ MICRO = dict(num_hidden_layers=4, intermediate_size=128, image_size=8, patch_siz
 
 def test_hf_vit_with_a_registered_variants_sizes(tmp_path):
     T = pytest.importorskip("transformers")
-    ref = _randomise(T.ViTForImageClassification(_vit_cfg(T, T.ViTConfig, **MICRO)))
+    ref = randomise_weights(T.ViTForImageClassification(_vit_cfg(T, T.ViTConfig, **MICRO)))
     ref.save_pretrained(tmp_path)
     assert checkpoint_model_name(tmp_path) == "vit_micro_patch4_8"
     ours = vitlab.load_checkpoint(tmp_path)
@@ -168,7 +156,7 @@ def test_hf_directory_normalisation_comes_from_its_image_processor(tmp_path):
 
 def test_hf_vit_of_an_unregistered_size_loads_as_the_nearest_variant(tmp_path):
     T = pytest.importorskip("transformers")
-    ref = _randomise(T.ViTForImageClassification(_vit_cfg(T, T.ViTConfig)))
+    ref = randomise_weights(T.ViTForImageClassification(_vit_cfg(T, T.ViTConfig)))
     ref.save_pretrained(tmp_path)
     ours = vitlab.load_checkpoint(tmp_path)
     assert ours.model_name in vit.VIT_VARIANTS and ours.cfg.depth == 3 and ours.cfg.patch_size == 8
@@ -180,7 +168,7 @@ def test_hf_vit_of_an_unregistered_size_loads_as_the_nearest_variant(tmp_path):
 @pytest.mark.parametrize("sizes,name", [(MICRO, "deit_micro_distilled_patch4_8"), ({}, None)])
 def test_hf_deit_loads_as_a_distilled_variant(tmp_path, sizes, name):
     T = pytest.importorskip("transformers")
-    ref = _randomise(T.DeiTForImageClassificationWithTeacher(_vit_cfg(T, T.DeiTConfig, **sizes)))
+    ref = randomise_weights(T.DeiTForImageClassificationWithTeacher(_vit_cfg(T, T.DeiTConfig, **sizes)))
     ref.save_pretrained(tmp_path)
     ours = vitlab.load_checkpoint(tmp_path).eval()
     assert ours.model_name.startswith("deit_") and "_distilled_" in ours.model_name and ours.cfg.distilled
@@ -205,7 +193,7 @@ def test_hf_swin_convnext_resnet_cvt_directories(tmp_path):
             drop_path_rate=[0.0, 0.0, 0.0])), None, 64),
     ]  # fmt: skip
     for i, (ref, name, size) in enumerate(cases):
-        _randomise(ref).save_pretrained(tmp_path / str(i))
+        randomise_weights(ref).save_pretrained(tmp_path / str(i))
         ours = vitlab.load_checkpoint(tmp_path / str(i))
         family = {"swin": "swin", "convnext": "convnext", "resnet": "resnet", "cvt": "cvt"}[ref.config.model_type]
         assert get_entry(ours.model_name).family == family
@@ -286,7 +274,7 @@ def test_partial_classifier_is_an_error_not_a_new_head(tmp_path):
 
 def test_hf_model_without_classifier(tmp_path, caplog):
     T = pytest.importorskip("transformers")
-    ref = _randomise(T.ViTModel(_vit_cfg(T, T.ViTConfig, **MICRO), add_pooling_layer=True))
+    ref = randomise_weights(T.ViTModel(_vit_cfg(T, T.ViTConfig, **MICRO), add_pooling_layer=True))
     ref.save_pretrained(tmp_path)
     plain = vitlab.load_checkpoint(tmp_path)  # the config's sizes, and no head (num_classes 0)
     assert plain.model_name == "vit_micro_patch4_8" and plain.num_classes == 0

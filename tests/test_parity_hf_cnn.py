@@ -6,21 +6,10 @@ import pytest
 import torch
 
 import vitlab
+from tests.conftest import randomise_weights
 from vitlab.errors import CheckpointError
 
 transformers = pytest.importorskip("transformers")
-
-
-def _randomise(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * (0.05 if p.ndim > 1 else 0.2))
-        for name, b in model.named_buffers():  # BatchNorm statistics, so eval-mode BN is not the identity
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn_like(b) * 0.1)
-            elif name.endswith("running_var"):
-                b.copy_(torch.rand_like(b) + 0.5)
-    return model.eval()
 
 
 def _compare(ref, ours, x, tol=1e-4):
@@ -36,7 +25,7 @@ def test_convnext_logits_match(tmp_path):
     cfg = transformers.ConvNextConfig(
         depths=[1, 2, 1, 1], hidden_sizes=[16, 32, 48, 64], num_labels=6, layer_scale_init_value=0.5, image_size=64
     )
-    ref = _randomise(transformers.ConvNextForImageClassification(cfg))
+    ref = randomise_weights(transformers.ConvNextForImageClassification(cfg))
     ref.save_pretrained(tmp_path)
     ours = vitlab.create_model("convnext_tiny", pretrained=tmp_path)
     assert ours.cfg.dims == (16, 32, 48, 64) and ours.cfg.head_norm_eps == 1e-12
@@ -50,7 +39,7 @@ def test_resnet_logits_match(tmp_path, layer_type, name):
         depths=[1, 2, 1, 1], hidden_sizes=[16, 32, 64, 128] if layer_type == "bottleneck" else [8, 16, 32, 64],
         embedding_size=8, layer_type=layer_type, num_labels=5,
     )  # fmt: skip
-    ref = _randomise(transformers.ResNetForImageClassification(cfg))
+    ref = randomise_weights(transformers.ResNetForImageClassification(cfg))
     ref.save_pretrained(tmp_path)
     ours = vitlab.create_model(name, pretrained=tmp_path)
     assert ours.cfg.layers == (1, 2, 1, 1) and ours.num_classes == 5
@@ -78,7 +67,7 @@ def test_swin_logits_match(tmp_path, image_size, window):
         image_size=image_size, patch_size=2, embed_dim=16, depths=[2, 2, 2], num_heads=[2, 4, 8],
         window_size=window, num_labels=4,
     )  # fmt: skip
-    ref = _randomise(transformers.SwinForImageClassification(cfg))
+    ref = randomise_weights(transformers.SwinForImageClassification(cfg))
     ref.save_pretrained(tmp_path)
     ours = vitlab.create_model("swin_tiny_patch4_window7_224", pretrained=tmp_path)
     assert ours.cfg.depths == (2, 2, 2) and ours.cfg.window_size == window
@@ -91,7 +80,7 @@ def test_cvt_logits_match(tmp_path):
     cfg = transformers.CvtConfig(
         embed_dim=[16, 32, 48], num_heads=[1, 2, 3], depth=[1, 2, 3], num_labels=5, drop_path_rate=[0.0, 0.0, 0.0]
     )
-    ref = _randomise(transformers.CvtForImageClassification(cfg))
+    ref = randomise_weights(transformers.CvtForImageClassification(cfg))
     ref.save_pretrained(tmp_path)
     ours = vitlab.create_model("cvt_13_224", pretrained=tmp_path)
     assert ours.cfg.depths == (1, 2, 3) and ours.num_classes == 5
