@@ -27,7 +27,7 @@ def test_resnet_blocks_start_as_identity_on_their_residual_branch():
 def test_resnet_is_a_feature_pyramid():
     m = vitlab.create_model("resnet50", layers=(1, 1, 1, 1)).eval()
     feats = m.forward_intermediates(torch.randn(1, 3, 64, 64), intermediates_only=True)
-    assert [tuple(f.shape[1:]) for f in feats] == [(256, 16, 16), (512, 8, 8), (1024, 4, 4), (2048, 2, 2)]
+    assert [tuple(f.shape[1:]) for f in feats] == [(64, 32, 32), (256, 16, 16), (512, 8, 8), (1024, 4, 4), (2048, 2, 2)]
 
 
 def test_peg_is_translation_equivariant_on_the_token_grid():

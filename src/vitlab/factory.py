@@ -17,6 +17,7 @@ from torch import nn
 
 import vitlab.models  # noqa: F401  (importing the families registers their variants)
 from vitlab.errors import CheckpointError, ConfigError
+from vitlab.models.features import FeatureNet
 from vitlab.registry import ModelEntry, get_entry
 from vitlab.weights import Pretrained, read_pretrained, write_checkpoint
 
@@ -38,10 +39,30 @@ def create_model(
     embedding; a different `num_classes`, or a checkpoint without a classifier, gives a new head (with a warning).
     """
     entry = get_entry(name)
+    features = _pop_feature_args(overrides)
     user = _user_overrides(num_classes, img_size, overrides)
     if pretrained is None:
-        return build_model(entry, user)
-    return _from_pretrained(entry, read_pretrained(pretrained), user)
+        model = build_model(entry, user)
+    else:
+        model = _from_pretrained(entry, read_pretrained(pretrained), user)
+    return FeatureNet(model, **features) if features is not None else model
+
+
+def _pop_feature_args(overrides: dict) -> dict | None:
+    """timm's feature-extraction arguments (features_only, out_indices, feature_cls, feature_cfg), removed from
+    `overrides`; None when features_only is not set (the other three then are errors)."""
+    feature_cfg = dict(overrides.pop("feature_cfg", None) or {})
+    for key in ("out_indices", "feature_cls"):
+        if key in overrides:
+            feature_cfg[key] = overrides.pop(key)
+    if not overrides.pop("features_only", False):
+        if feature_cfg:
+            raise ConfigError(f"{', '.join(sorted(feature_cfg))} only apply with features_only=True")
+        return None
+    unknown = sorted(set(feature_cfg) - {"out_indices", "feature_cls", "norm", "output_fmt"})
+    if unknown:
+        raise ConfigError(f"feature_cfg: unknown key(s) {', '.join(unknown)}")
+    return feature_cfg
 
 
 def load_checkpoint(
@@ -91,6 +112,8 @@ def build_model(entry: ModelEntry, kwargs: dict) -> nn.Module:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{entry.name}: {e}") from None
     model.model_name = entry.name
+    if entry.pretrained_cfg:
+        model.pretrained_cfg_overlay = dict(entry.pretrained_cfg)
     return model
 
 

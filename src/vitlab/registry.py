@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
@@ -22,32 +22,46 @@ class ModelEntry:
     family: str
     factory: Callable[..., nn.Module]
     config_cls: type | None  # the config dataclass the factory's keyword arguments fill
+    pretrained_cfg: dict = field(default_factory=dict)  # timm pretrained_cfg values the model cannot derive itself
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str | None = None, *, family: str = "", config_cls: type | None = None):
+def register_model(
+    name: str | None = None, *, family: str = "", config_cls: type | None = None, pretrained_cfg: dict | None = None
+):
     """Decorator: register a factory `fn(**overrides) -> nn.Module` under `name` (default: the function's name)."""
 
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or fn.__name__
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} is registered twice")
-        _REGISTRY[key] = ModelEntry(key, family, fn, config_cls)
+        _REGISTRY[key] = ModelEntry(key, family, fn, config_cls, dict(pretrained_cfg or {}))
         return fn
 
     return wrap
 
 
-def register_variants(variants: dict[str, dict], *, family: str, config_cls: type, model_cls: type) -> None:
-    """Register `name -> model_cls(config_cls(**defaults, **overrides))` for each entry of `variants`."""
+def register_variants(
+    variants: dict[str, dict],
+    *,
+    family: str,
+    config_cls: type,
+    model_cls: type,
+    pretrained_cfgs: dict[str, dict] | None = None,
+) -> None:
+    """Register `name -> model_cls(config_cls(**defaults, **overrides))` for each entry of `variants`.
+
+    pretrained_cfgs: per-name timm pretrained_cfg values the model cannot derive from its config (crop_pct).
+    """
     for name, defaults in variants.items():
 
         def factory(_defaults=defaults, **overrides) -> nn.Module:
             return model_cls(config_cls(**{**_defaults, **overrides}))
 
-        register_model(name, family=family, config_cls=config_cls)(factory)
+        cfg = (pretrained_cfgs or {}).get(name)
+        register_model(name, family=family, config_cls=config_cls, pretrained_cfg=cfg)(factory)
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -54,6 +54,13 @@ class ModelBase(nn.Module):
 
     head_name: str = "head"  # attribute path of the classifier (`head.fc` where the head has a norm before it)
     global_pools: tuple[str, ...] = ("avg",)  # the pooling choices `reset_classifier(..., global_pool)` accepts
+    # timm's metadata: layout of forward_features' output, the stem conv, whether the input size is fixed by the
+    # weights (a position table, Swin's windows), the eval crop fraction at the 224 default, features_only's levels
+    output_fmt: str = "NCHW"
+    first_conv: str = ""
+    fixed_input_size: bool = False
+    crop_pct: float = 0.875
+    default_out_indices: int | tuple[int, ...] | None = None  # None: every level
 
     def __init__(self, cfg: ImageModelConfig, num_features: int, head_hidden_size: int | None = None) -> None:
         super().__init__()
@@ -64,8 +71,11 @@ class ModelBase(nn.Module):
         self.grad_checkpointing = False
 
     # ----- what a family implements ------------------------------------------------------------------------------
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
-        """(forward_features' output, [(output, grid) of each block/stage in `take`]).
+    def _forward_trunk(
+        self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None
+    ) -> tuple[torch.Tensor, list]:
+        """(forward_features' output, [(output, grid) of each block/stage in `take`]); blocks after `stop` are skipped
+        when it is given (the first value is then meaningless).
 
         An output is tokens (B, N, C) on a grid (H, W), prefix tokens first, or a feature map (B, C, H, W) (grid None).
         """
@@ -81,6 +91,49 @@ class ModelBase(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         raise NotImplementedError
+
+    def _feature_info(self) -> list[dict]:
+        """One dict per `forward_intermediates` output: num_chs, reduction (input pixels per output step), module."""
+        raise NotImplementedError
+
+    # ----- timm's metadata ----------------------------------------------------------------------------------------
+    @property
+    def feature_info(self) -> list[dict]:
+        return self._feature_info()
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """timm's pretrained_cfg for this model as built: what `timm.data.resolve_data_config(model=...)` reads.
+
+        crop_pct: timm's value for the variant at its default size; 1.0 at other sizes (384-pixel fine-tunes, the
+        small vitlab configs whose images are already at the model's size). The factory adds per-variant values.
+        """
+        cfg = self.cfg
+        heads = self.get_classifier_names()
+        pool = None
+        if self.output_fmt != "NLC":
+            r = self.feature_info[-1]["reduction"]
+            pool = (-(-cfg.img_size // r),) * 2
+        out = dict(
+            architecture=getattr(self, "model_name", type(self).__name__),
+            num_classes=self.num_classes,
+            input_size=(cfg.in_chans, cfg.img_size, cfg.img_size),
+            pool_size=pool,
+            crop_pct=self.crop_pct if cfg.img_size == 224 else 1.0,
+            crop_mode="center",
+            interpolation="bicubic",
+            fixed_input_size=self.fixed_input_size,
+            mean=tuple(cfg.mean),
+            std=tuple(cfg.std),
+            first_conv=self.first_conv,
+            classifier=heads[0] if len(heads) == 1 else tuple(heads),
+        )
+        return {**out, **getattr(self, "pretrained_cfg_overlay", {})}
+
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name of `pretrained_cfg`."""
+        return self.pretrained_cfg
 
     # ----- forward ------------------------------------------------------------------------------------------------
     def run_block(self, block: Callable, *args):
@@ -100,38 +153,42 @@ class ModelBase(nn.Module):
         self,
         x: torch.Tensor,
         indices: int | Sequence[int] | None = None,
+        return_prefix_tokens: bool = False,
         norm: bool = False,
+        stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Outputs of the blocks/stages named by `indices` (None = all, n = the last n, negatives count back).
+    ) -> list | tuple[torch.Tensor, list]:
+        """Outputs of the blocks/stages named by `indices` (None = all, n = the last n, negatives count back), with
+        timm's semantics: `feature_info[i]` describes output i.
 
-        output_fmt: "NCHW" feature maps (B, C, H, W), prefix tokens dropped; "NLC" tokens (B, N, C), prefix tokens
-        (class, distillation) first; a CNN's map is flattened to (B, H*W, C), the sequence DETR feeds its encoder.
+        output_fmt: "NCHW" feature maps (B, C, H, W); "NLC" grid tokens (B, H*W, C) (a CNN's map flattened, the
+        sequence DETR feeds its encoder). Prefix tokens (class, distillation) are split off in both formats and
+        returned only with `return_prefix_tokens`, each output then a pair (grid output, prefix (B, P, C); None for a CNN).
         norm: pass each output through the final norm that forward_features ends with, where it fits (its width):
-        every block of ViT and Mixer, the last stage of Swin and CvT. Models whose features are not normalised
-        (CNNs; ViTs that normalise after pooling, fc_norm) raise instead of ignoring it.
+        every block of ViT and Mixer, the last stage of Swin and CvT; a no-op where the features are not normalised
+        (CNNs, ViTs that normalise after pooling), as in timm.
+        stop_early: run no block past the last one asked for (with `intermediates_only`; otherwise the final
+        features need the whole trunk).
         Returns the outputs, or `(forward_features(x), outputs)` unless intermediates_only.
         """
         if output_fmt not in OUTPUT_FMTS:
             raise ValueError(f"output_fmt must be one of {OUTPUT_FMTS}, got {output_fmt!r}")
         final_norm = self._final_norm() if norm else None
-        if norm and final_norm is None:
-            raise ValueError(
-                f"norm=True: {type(self).__name__} applies no norm to its features (it normalises after pooling, "
-                "or not at all); call forward_intermediates with norm=False"
-            )
-        take = stage_indices(indices, self._num_intermediates())
+        take, last = feature_take_indices(self._num_intermediates(), indices)
         check_images(x, self.cfg.in_chans)
-        final, outs = self._forward_trunk(x, take)
+        final, outs = self._forward_trunk(x, set(take), last if stop_early and intermediates_only else None)
         feats = []
         for y, grid in outs:
             if y.ndim == 4:  # a CNN's map (B, C, H, W)
-                feats.append(y if output_fmt == "NCHW" else y.flatten(2).transpose(1, 2))  # (B, H*W, C)
+                y = y if output_fmt == "NCHW" else y.flatten(2).transpose(1, 2)  # (B, H*W, C)
+                feats.append((y, None))
                 continue
             if final_norm is not None and y.shape[-1] == self.num_features:
                 y = final_norm(y)
-            feats.append(y if output_fmt == "NLC" else tokens_to_map(y, grid))
+            prefix, y = y[:, : y.shape[1] - grid[0] * grid[1]], y[:, y.shape[1] - grid[0] * grid[1] :]
+            feats.append((y if output_fmt == "NLC" else tokens_to_map(y, grid), prefix))
+        feats = feats if return_prefix_tokens else [y for y, _ in feats]
         return feats if intermediates_only else (final, feats)
 
     # ----- classifier ---------------------------------------------------------------------------------------------
@@ -206,17 +263,23 @@ def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     return x[:, N - H * W :].transpose(1, 2).reshape(B, C, H, W)
 
 
-def stage_indices(indices, count: int) -> set[int]:
-    """Normalise `forward_intermediates` indices: None = all, int n = the last n, a list may count from the end."""
+def feature_take_indices(count: int, indices=None) -> tuple[list[int], int]:
+    """timm's index rule for `forward_intermediates`: None = all, int n = the last n, a list may count from the end.
+
+    Returns (the absolute indices in the order asked, the largest of them).
+    """
     if indices is None:
-        return set(range(count))
+        indices = count
     if isinstance(indices, int):
         if not 0 < indices <= count:
             raise ValueError(f"indices={indices}: ask for between 1 and {count} last outputs")
-        return set(range(count - indices, count))
-    out = set()
-    for i in indices:
-        if not -count <= i < count:
-            raise ValueError(f"index {i} out of range for a model with {count} blocks/stages")
-        out.add(i % count)
-    return out
+        take = list(range(count - indices, count))
+    else:
+        take = []
+        for i in indices:
+            if not -count <= i < count:
+                raise ValueError(f"index {i} out of range for a model with {count} blocks/stages")
+            take.append(i % count)
+        if not take:
+            raise ValueError("indices: ask for at least one block/stage")
+    return take, max(take)

@@ -98,6 +98,8 @@ class ConvNeXt(ModelBase):
     """Shapes: (B, C, H, W) -> features (B, dims[-1], H/32, W/32) -> logits (B, num_classes)."""
 
     head_name = "head.fc"
+    first_conv = "stem.0"
+    crop_pct = 0.95
 
     def __init__(self, cfg: ConvNeXtConfig) -> None:
         super().__init__(cfg, num_features=cfg.dims[-1])
@@ -115,10 +117,10 @@ class ConvNeXt(ModelBase):
         self.apply(init_trunc_normal)
         self.head = Head(self.num_features, cfg.num_classes, cfg.head_norm_eps)
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
         x = self.stem(x)
         outs = []
-        for i, stage in enumerate(self.stages):
+        for i, stage in enumerate(self.stages[: None if stop is None else stop + 1]):
             x = stage(x, self.run_block)  # (B, C_i, H_i, W_i)
             if i in take:
                 outs.append((x, None))
@@ -126,6 +128,10 @@ class ConvNeXt(ModelBase):
 
     def _num_intermediates(self) -> int:
         return len(self.stages)
+
+    def _feature_info(self) -> list[dict]:
+        p = self.cfg.patch_size
+        return [dict(num_chs=d, reduction=p * 2**i, module=f"stages.{i}") for i, d in enumerate(self.cfg.dims)]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -141,4 +147,7 @@ _VARIANTS = {
 }
 
 
-register_variants(_VARIANTS, family="convnext", config_cls=ConvNeXtConfig, model_cls=ConvNeXt)
+# timm's default weights of the larger sizes (in22k fine-tunes) are evaluated at crop 0.875, the smaller at 0.95
+_CROP = {"convnext_base": dict(crop_pct=0.875), "convnext_large": dict(crop_pct=0.875)}
+
+register_variants(_VARIANTS, family="convnext", config_cls=ConvNeXtConfig, model_cls=ConvNeXt, pretrained_cfgs=_CROP)

@@ -155,6 +155,8 @@ class CvT(ModelBase):
     """Shapes: (B, C, H, W) -> features: the normalised class token (B, 1, D) -> logits."""
 
     global_pools = ("token",)
+    output_fmt = "NLC"
+    first_conv = "stages.0.patch_embed.proj"
 
     def __init__(self, cfg: CvTConfig) -> None:
         super().__init__(cfg, num_features=cfg.embed_dims[-1])
@@ -176,9 +178,9 @@ class CvT(ModelBase):
     def attention_layers(self) -> list[ConvAttention]:
         return [blk.attn for s in self.stages for blk in s.blocks]
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
         outs = []
-        for i, stage in enumerate(self.stages):
+        for i, stage in enumerate(self.stages[: None if stop is None else stop + 1]):
             tokens, grid = stage(x, self.run_block)  # (B, [1 +] H_i*W_i, C_i)
             if i in take:
                 outs.append((tokens, grid))
@@ -190,6 +192,13 @@ class CvT(ModelBase):
 
     def _final_norm(self) -> nn.Module:
         return self.norm
+
+    def _feature_info(self) -> list[dict]:
+        info, r = [], 1
+        for i, (c, s) in enumerate(zip(self.cfg.embed_dims, self.cfg.patch_strides, strict=True)):
+            r *= s
+            info.append(dict(num_chs=c, reduction=r, module=f"stages.{i}"))
+        return info
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=1)  # (B, D): the single class token

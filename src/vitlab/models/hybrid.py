@@ -145,6 +145,7 @@ class HybridEmbed(nn.Module):
 
 
 class HybridViT(VisionTransformer):
+    first_conv = "patch_embed.backbone.stem.conv"
     backbone_layers: tuple[int, ...] = (3, 4, 9)
 
     def make_patch_embed(self, cfg: ViTConfig) -> nn.Module:
@@ -153,7 +154,7 @@ class HybridViT(VisionTransformer):
 
 _R50 = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
 _VARIANTS = {
-    "vit_base_r50_s16_224": dict(**_R50),
+    "vit_base_r50_s16_224": dict(**_R50, num_classes=0),  # timm's default: the in21k weights without a classifier
     "vit_base_r50_s16_384": dict(**_R50, img_size=384),
 }
 

@@ -53,6 +53,11 @@ class MixerBlock(nn.Module):
 class MlpMixer(ModelBase):
     """Shapes: (B, C, H, W) -> tokens (B, N, C) with N = Hp*Wp -> logits (B, num_classes)."""
 
+    output_fmt = "NLC"
+    first_conv = "stem.proj"
+    fixed_input_size = True
+    default_out_indices = 3
+
     def __init__(self, cfg: MixerConfig) -> None:
         super().__init__(cfg, num_features=cfg.embed_dim)
         self.stem = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)
@@ -63,11 +68,11 @@ class MlpMixer(ModelBase):
         self.apply(init_trunc_normal)
         self.head = make_head(cfg.embed_dim, cfg.num_classes)  # zero-initialised, as in the JAX code
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
         x = self.stem(x)
         grid = (self.stem.grid_size, self.stem.grid_size)
         outs = []
-        for i, blk in enumerate(self.blocks):
+        for i, blk in enumerate(self.blocks[: None if stop is None else stop + 1]):
             x = self.run_block(blk, x)
             if i in take:
                 outs.append((x, grid))
@@ -78,6 +83,10 @@ class MlpMixer(ModelBase):
 
     def _final_norm(self) -> nn.Module:
         return self.norm
+
+    def _feature_info(self) -> list[dict]:
+        r = self.cfg.patch_size
+        return [dict(num_chs=self.num_features, reduction=r, module=f"blocks.{i}") for i in range(len(self.blocks))]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=1)  # global average pooling over tokens -> (B, C)

@@ -97,6 +97,8 @@ class ResNet(ModelBase):
     """Shapes: (B, C, H, W) -> features (B, 512 x expansion, H/32, W/32) -> logits (B, num_classes)."""
 
     head_name = "fc"
+    first_conv = "conv1"
+    crop_pct = 0.95
 
     def __init__(self, cfg: ResNetConfig) -> None:
         block = BasicBlock if cfg.block == "basic" else Bottleneck
@@ -125,18 +127,25 @@ class ResNet(ModelBase):
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(len(self.cfg.layers))]
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
-        """Stage outputs are layer1..layer4 (strides 4, 8, 16, 32): a feature pyramid for detection backbones."""
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
-        outs = []
-        for i, stage in enumerate(self.stages):
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
+        """Outputs as timm's: 0 the stem (stride 2, before the max-pool), then layer1..layer4 (strides 4 to 32)."""
+        x = self.act1(self.bn1(self.conv1(x)))
+        outs = [(x, None)] if 0 in take else []
+        x = self.maxpool(x)
+        for i, stage in enumerate(self.stages[: None if stop is None else stop]):
             x = self.run_block(stage, x)  # (B, C_i, H_i, W_i)
-            if i in take:
+            if i + 1 in take:
                 outs.append((x, None))
         return x, outs
 
     def _num_intermediates(self) -> int:
-        return len(self.cfg.layers)
+        return 1 + len(self.cfg.layers)
+
+    def _feature_info(self) -> list[dict]:
+        info = [dict(num_chs=self.cfg.stem_width, reduction=2, module="act1")]
+        for i, stage in enumerate(self.stages):
+            info.append(dict(num_chs=stage[-1].last_norm().num_features, reduction=4 * 2**i, module=f"layer{i + 1}"))
+        return info
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=(-2, -1))  # global average pool -> (B, C)
@@ -156,6 +165,7 @@ class _ClassicCNN(ModelBase):
     """Shared API of the two plain CNNs: `features` (conv stack) -> flatten -> `classifier` (MLP with `fc` last)."""
 
     head_name = "fc"
+    first_conv = "features.0"
     global_pools = ()  # an adaptive pool to the map size the classifier was built for, then flatten: fixed
 
     def _blocks(self) -> list[nn.Sequential]:
@@ -164,9 +174,9 @@ class _ClassicCNN(ModelBase):
         ends = [i + 1 for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d | nn.AvgPool2d)]
         return [self.features[a:b] for a, b in zip([0, *ends], ends, strict=False)]
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
         outs = []
-        for i, blk in enumerate(self._blocks()):
+        for i, blk in enumerate(self._blocks()[: None if stop is None else stop + 1]):
             x = self.run_block(blk, x)  # (B, C_i, H_i, W_i)
             if i in take:
                 outs.append((x, None))
@@ -174,6 +184,18 @@ class _ClassicCNN(ModelBase):
 
     def _num_intermediates(self) -> int:
         return len(self._blocks())
+
+    def _feature_info(self) -> list[dict]:
+        info, r, start = [], 1, 0
+        for blk in self._blocks():
+            for m in blk:
+                if isinstance(m, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
+                    s = m.stride
+                    r *= s[0] if isinstance(s, tuple) else s
+            chs = [m.out_channels for m in blk if isinstance(m, nn.Conv2d)][-1]
+            start += len(blk)
+            info.append(dict(num_chs=chs, reduction=r, module=f"features.{start - 1}"))
+        return info
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.classifier(self.pool(x).flatten(1))

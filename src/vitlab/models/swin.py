@@ -177,6 +177,10 @@ class SwinTransformer(ModelBase):
     """Shapes: (B, C, H, W) -> features (B, H/32, W/32, 8C) channels-last -> logits (B, num_classes)."""
 
     head_name = "head.fc"
+    output_fmt = "NHWC"
+    first_conv = "patch_embed.proj"
+    fixed_input_size = True
+    crop_pct = 0.9
 
     def __init__(self, cfg: SwinConfig) -> None:
         super().__init__(cfg, num_features=cfg.embed_dim * 2 ** (len(cfg.depths) - 1))
@@ -201,10 +205,10 @@ class SwinTransformer(ModelBase):
     def attention_layers(self) -> list[WindowAttention]:
         return [blk.attn for stage in self.layers for blk in stage.blocks]
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
         x = self.patch_embed(x)
         outs = []
-        for i, stage in enumerate(self.layers):
+        for i, stage in enumerate(self.layers[: None if stop is None else stop + 1]):
             x = stage(x, self.run_block)  # (B, H_i, W_i, C_i)
             if i in take:
                 outs.append((x.flatten(1, 2), x.shape[1:3]))  # tokens (B, H_i*W_i, C_i)
@@ -215,6 +219,10 @@ class SwinTransformer(ModelBase):
 
     def _final_norm(self) -> nn.Module:
         return self.norm
+
+    def _feature_info(self) -> list[dict]:
+        c, p = self.cfg.embed_dim, self.cfg.patch_size
+        return [dict(num_chs=c * 2**i, reduction=p * 2**i, module=f"layers.{i}") for i in range(len(self.layers))]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = x.mean(dim=(1, 2))  # global average pool over the token grid -> (B, C)

@@ -88,9 +88,14 @@ class VisionTransformer(ModelBase):
     """
 
     global_pools = ("token", "avg")
+    output_fmt = "NLC"
+    first_conv = "patch_embed.proj"
+    crop_pct = 0.9
+    default_out_indices = 3  # features_only: the last three blocks, as timm
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__(cfg, num_features=cfg.embed_dim)
+        self.fixed_input_size = cfg.pos_embed != "none"  # a learned or sincos table fixes the grid (CPVT: any size)
         D = cfg.embed_dim
         self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled)
 
@@ -162,10 +167,10 @@ class VisionTransformer(ModelBase):
         """Hook between blocks: nothing in ViT; CPVT's position generator after block 0."""
         return x
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = ()) -> tuple[torch.Tensor, list]:
+    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
         x, grid = self._tokens(x)
         outs = []
-        for i, blk in enumerate(self.blocks):
+        for i, blk in enumerate(self.blocks[: None if stop is None else stop + 1]):
             x = self._after_block(i, self.run_block(blk, x), grid)
             if i in take:
                 outs.append((x, grid))
@@ -176,6 +181,10 @@ class VisionTransformer(ModelBase):
 
     def _final_norm(self) -> nn.Module | None:
         return None if self.cfg.fc_norm else self.norm
+
+    def _feature_info(self) -> list[dict]:
+        r = self.cfg.patch_size
+        return [dict(num_chs=self.num_features, reduction=r, module=f"blocks.{i}") for i in range(len(self.blocks))]
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.global_pool == "avg":
@@ -239,8 +248,9 @@ _VARIANTS: dict[str, dict] = {
     "vit_base_patch32_384": dict(**_B, patch_size=32, img_size=384),
     "vit_large_patch16_224": dict(**_L, patch_size=16),
     "vit_large_patch16_384": dict(**_L, patch_size=16, img_size=384),
-    "vit_large_patch32_224": dict(**_L, patch_size=32),
-    "vit_huge_patch14_224": dict(**_H, patch_size=14),
+    # timm's defaults for these two are the in21k weights without a classifier
+    "vit_large_patch32_224": dict(**_L, patch_size=32, num_classes=0),
+    "vit_huge_patch14_224": dict(**_H, patch_size=14, num_classes=0),
     "deit_tiny_patch16_224": dict(**_TI, **_DEIT),
     "deit_small_patch16_224": dict(**_S, **_DEIT),
     "deit_base_patch16_224": dict(**_B, **_DEIT),
