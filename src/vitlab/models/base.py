@@ -166,7 +166,7 @@ class ModelBase(nn.Module):
         sequence DETR feeds its encoder). Prefix tokens (class, distillation) are split off in both formats and
         returned only with `return_prefix_tokens`, each output then a pair (grid output, prefix (B, P, C); None for a CNN).
         norm: pass each output through the final norm that forward_features ends with, where it fits (its width):
-        every block of ViT and Mixer, the last stage of Swin and CvT; a no-op where the features are not normalised
+        every block of ViT and Mixer, the last stage of Swin and CvT; a no-op where features are unnormalised
         (CNNs, ViTs that normalise after pooling), as in timm.
         stop_early: run no block past the last one asked for (with `intermediates_only`; otherwise the final
         features need the whole trunk).
