@@ -164,7 +164,7 @@ class ModelBase(nn.Module):
 
         output_fmt: "NCHW" feature maps (B, C, H, W); "NLC" grid tokens (B, H*W, C) (a CNN's map flattened, the
         sequence DETR feeds its encoder). Prefix tokens (class, distillation) are split off in both formats and
-        returned only with `return_prefix_tokens`, each output then a pair (grid output, prefix (B, P, C); None for a CNN).
+        returned only with `return_prefix_tokens`, each then a pair (grid output, prefix (B, P, C); None: a CNN).
         norm: pass each output through the final norm that forward_features ends with, where it fits (its width):
         every block of ViT and Mixer, the last stage of Swin and CvT; a no-op where features are unnormalised
         (CNNs, ViTs that normalise after pooling), as in timm.
