@@ -58,9 +58,9 @@ def test_param_count(name, count):
 
 
 def test_vit_huge_backbone_count():
-    # timm's vit_huge_patch14_224 (in21k weights) is headless: 630,764,800; the 1000-class head adds 1,281,000.
-    assert model_stats("vit_huge_patch14_224", flops=False, num_classes=0).params == 630_764_800
-    assert model_stats("vit_huge_patch14_224", flops=False).params == 630_764_800 + 1280 * 1000 + 1000
+    # timm's vit_huge_patch14_224 (in21k weights) is headless by default: 630,764,800; a 1000-class head adds 1,281,000.
+    assert model_stats("vit_huge_patch14_224", flops=False).params == 630_764_800
+    assert model_stats("vit_huge_patch14_224", flops=False, num_classes=1000).params == 630_764_800 + 1280 * 1000 + 1000
 
 
 def test_hybrid_r50_vit_b16_count():

@@ -150,9 +150,16 @@ def check_classifier(m, x):
     m.reset_classifier(4)
     assert m(x).shape == (3, 4) and m.num_classes == m.cfg.num_classes == 4
     assert m.cfg is not old and dataclasses.asdict(old) == snapshot
-    m.reset_classifier(0, "")
+    m.reset_classifier(0)
     assert m(x).shape == (3, m.head_hidden_size) and m.cfg.num_classes == 0
     assert isinstance(m.get_classifier(), torch.nn.Identity if len(heads) == 1 else tuple)
+    if m.unpooled_features:  # timm's reset_classifier(0, ''): forward gives forward_features' shape
+        pool = m.global_pool
+        m.reset_classifier(0, "")
+        assert m(x).shape == m.forward_features(x).shape and m.global_pool == ""
+        with pytest.raises(ValueError, match="needs num_classes=0"):
+            m.reset_classifier(5, None)  # None keeps the pooling: none
+        m.reset_classifier(0, pool)
     m.reset_classifier(5, None)
     assert m(x).shape == (3, 5)
     for pool in m.global_pools:  # every pooling the family offers is accepted

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 def create_model(
     name: str,
-    pretrained: str | Path | None = None,
+    pretrained: bool | str | Path | None = None,
     num_classes: int | None = None,
     img_size: int | None = None,
     **overrides,
@@ -34,11 +34,14 @@ def create_model(
     """Build a registered model, optionally from a checkpoint.
 
     `pretrained` may be a vitlab run or checkpoint, a Hugging Face transformers directory (`save_pretrained`),
-    a timm state dict (.safetensors/.pth/.bin) or `hf-hub:org/name`. The checkpoint's architecture settings
-    apply first, then `num_classes` / `img_size` / `overrides`: a different `img_size` resamples the position
-    embedding; a different `num_classes`, or a checkpoint without a classifier, gives a new head (with a warning).
+    a timm state dict (.safetensors/.pth/.bin) or `hf-hub:org/name`; False or None: random weights. As in timm,
+    `pretrained=True, pretrained_cfg_overlay=dict(file=PATH)` names the file too. The checkpoint's architecture
+    settings apply first, then `num_classes` / `img_size` / `overrides`: a different `img_size` resamples the
+    position embedding; a different `num_classes`, or a checkpoint without a classifier, gives a new head (with a
+    warning). timm's `features_only`, `out_indices`, `feature_cls` and `feature_cfg` give a `FeatureNet`.
     """
     entry = get_entry(name)
+    pretrained = _pretrained_source(name, pretrained, overrides.pop("pretrained_cfg_overlay", None))
     features = _pop_feature_args(overrides)
     user = _user_overrides(num_classes, img_size, overrides)
     if pretrained is None:
@@ -46,6 +49,24 @@ def create_model(
     else:
         model = _from_pretrained(entry, read_pretrained(pretrained), user)
     return FeatureNet(model, **features) if features is not None else model
+
+
+def _pretrained_source(name: str, pretrained, overlay: dict | None) -> str | Path | None:
+    """What `pretrained` (timm's bool, or a path) and timm's `pretrained_cfg_overlay` name: a source, or None."""
+    file = (overlay or {}).get("file")
+    unknown = sorted(set(overlay or {}) - {"file"})
+    if unknown:
+        raise ConfigError(f"pretrained_cfg_overlay: only 'file' is read, not {', '.join(unknown)}")
+    if pretrained is False or pretrained is None:
+        return None
+    if pretrained is True:
+        if file is None:
+            raise ConfigError(
+                f"{name}: vitlab downloads no weights; pass pretrained=PATH (a vitlab, timm or transformers "
+                "checkpoint, or 'hf-hub:org/name'), or pretrained_cfg_overlay=dict(file=PATH)"
+            )
+        return file
+    return pretrained
 
 
 def _pop_feature_args(overrides: dict) -> dict | None:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitlab.fx import is_tracing
+
 
 def attend(
     q: torch.Tensor,
@@ -36,8 +38,8 @@ def attend(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     # With a bias that needs a gradient (Swin's relative position table while training) SDPA's fused CPU kernel
     # cannot return that gradient and falls back to a slower composite; the explicit softmax is faster there
-    # (measured in benchmarks/README.md, "Swin training"). GPUs keep SDPA's kernel.
-    explicit = capture or (bias is not None and bias.requires_grad and q.device.type == "cpu")
+    # (measured in benchmarks/README.md, "Swin training"). GPUs keep SDPA's kernel, and so do traced graphs.
+    explicit = capture or (bias is not None and not is_tracing() and bias.requires_grad and q.device.type == "cpu")
     if not explicit:
         mask = None if bias is None else bias.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale), None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vitlab.fx import notrace
+
 
 class PatchEmbed(nn.Module):
     """Shapes: (B, C, H, W) -> (B, Hp*Wp, D) with Hp = H / patch, Wp = W / patch."""
@@ -22,16 +24,23 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected images of shape (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
-        H, W = x.shape[-2:]
-        if not self.strict_size:
-            if H % self.patch_size or W % self.patch_size:
-                raise ValueError(f"image size {H}x{W} is not a multiple of patch_size={self.patch_size}")
-        elif (self.img_size, self.img_size) != (H, W):
-            raise ValueError(
-                f"expected {self.img_size}x{self.img_size} images, got {H}x{W} "
-                f"(create the model with img_size={x.shape[-1]} to resample its position embedding)"
-            )
+        check_patch_input(x, self.in_chans, self.patch_size, self.img_size if self.strict_size else 0)
         x = self.proj(x)  # (B, D, Hp, Wp)
         return x.flatten(2).transpose(1, 2)  # (B, N, D)
+
+
+@notrace
+def check_patch_input(x: torch.Tensor, in_chans: int, patch_size: int, img_size: int) -> None:
+    """One clear error for images PatchEmbed cannot cut: wrong rank or channels, not img_size (0: any multiple of
+    the patch size)."""
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"expected images of shape (B, {in_chans}, H, W), got {tuple(x.shape)}")
+    H, W = x.shape[-2:]
+    if not img_size:
+        if H % patch_size or W % patch_size:
+            raise ValueError(f"image size {H}x{W} is not a multiple of patch_size={patch_size}")
+    elif (img_size, img_size) != (H, W):
+        raise ValueError(
+            f"expected {img_size}x{img_size} images, got {H}x{W} "
+            f"(create the model with img_size={x.shape[-1]} to resample its position embedding)"
+        )

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitlab.fx import notrace
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
@@ -26,12 +28,17 @@ class ImageModelConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN  # input normalisation the weights expect
     std: tuple[float, ...] = IMAGENET_STD
     labels: tuple[str, ...] = ()  # class names, if known (from a checkpoint or data set)
+    # pooling before the classifier: one of the family's `global_pools`, or "" for the unpooled features (timm's
+    # global_pool='': forward returns forward_features' output, with any head norm, and needs num_classes=0)
+    global_pool: str = "avg"
 
     def __post_init__(self) -> None:
         # Lists (from JSON checkpoints, HF configs, callers) become tuples, so configs compare equal and hash.
         for f in dataclasses.fields(self):
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        if self.global_pool == "" and self.num_classes:
+            raise ValueError(f"global_pool='' gives unpooled features: it needs num_classes=0, not {self.num_classes}")
 
     def test_overrides(self) -> dict:
         """Settings for the contract tests: this architecture with its widths kept, depth and input shrunk so it runs
@@ -54,6 +61,7 @@ class ModelBase(nn.Module):
 
     head_name: str = "head"  # attribute path of the classifier (`head.fc` where the head has a norm before it)
     global_pools: tuple[str, ...] = ("avg",)  # the pooling choices `reset_classifier(..., global_pool)` accepts
+    unpooled_features: bool = True  # global_pool='' allowed (False: layers between pool and classifier, timm's VGG)
     # timm's metadata: layout of forward_features' output, the stem conv, whether the input size is fixed by the
     # weights (a position table, Swin's windows), the eval crop fraction at the 224 default, features_only's levels
     output_fmt: str = "NCHW"
@@ -61,6 +69,7 @@ class ModelBase(nn.Module):
     fixed_input_size: bool = False
     crop_pct: float = 0.875
     default_out_indices: int | tuple[int, ...] | None = None  # None: every level
+    __jit_unused_properties__ = ["feature_info", "pretrained_cfg", "default_cfg", "global_pool"]  # Python only
 
     def __init__(self, cfg: ImageModelConfig, num_features: int, head_hidden_size: int | None = None) -> None:
         super().__init__()
@@ -69,6 +78,16 @@ class ModelBase(nn.Module):
         self.num_features = num_features  # channels of forward_features' output
         self.head_hidden_size = num_features if head_hidden_size is None else head_hidden_size  # the classifier's input
         self.grad_checkpointing = False
+        self._check_pool(cfg.global_pool)
+
+    @property
+    def global_pool(self) -> str:
+        return self.cfg.global_pool
+
+    def _check_pool(self, pool: str) -> None:
+        choices = self.global_pools + (("",) if self.unpooled_features else ())
+        if pool not in choices:
+            raise ValueError(f"global_pool={pool!r}: {type(self).__name__} accepts {', '.join(map(repr, choices))}")
 
     # ----- what a family implements ------------------------------------------------------------------------------
     def _forward_trunk(
@@ -96,6 +115,12 @@ class ModelBase(nn.Module):
         """One dict per `forward_intermediates` output: num_chs, reduction (input pixels per output step), module."""
         raise NotImplementedError
 
+    def _pool_size(self) -> tuple[int, int]:
+        """(H, W) of forward_features' map at the built image size: the size over the last reduction, rounded up
+        (padded convolutions and windows); a family with unpadded layers computes its own."""
+        side = -(-self.cfg.img_size // self.feature_info[-1]["reduction"])
+        return side, side
+
     # ----- timm's metadata ----------------------------------------------------------------------------------------
     @property
     def feature_info(self) -> list[dict]:
@@ -110,15 +135,11 @@ class ModelBase(nn.Module):
         """
         cfg = self.cfg
         heads = self.get_classifier_names()
-        pool = None
-        if self.output_fmt != "NLC":
-            r = self.feature_info[-1]["reduction"]
-            pool = (-(-cfg.img_size // r),) * 2
         out = dict(
             architecture=getattr(self, "model_name", type(self).__name__),
             num_classes=self.num_classes,
             input_size=(cfg.in_chans, cfg.img_size, cfg.img_size),
-            pool_size=pool,
+            pool_size=None if self.output_fmt == "NLC" else self._pool_size(),
             crop_pct=self.crop_pct if cfg.img_size == 224 else 1.0,
             crop_mode="center",
             interpolation="bicubic",
@@ -204,15 +225,13 @@ class ModelBase(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A new zero-initialised classifier for `num_classes` (0: none, forward gives pooled features).
 
-        global_pool: one of `global_pools` ('avg', 'token' for ViTs with a class token); '' or None keep the pooling.
+        global_pool: one of `global_pools` ('avg', 'token' for ViTs with a class token), '' for no pooling (forward
+        then gives the unpooled features; num_classes must be 0), None to keep the pooling (timm's signature).
         """
         changes = {"num_classes": num_classes}
-        if global_pool:
-            if global_pool not in self.global_pools:
-                choices = ", ".join(map(repr, self.global_pools)) or "none (its pooling is fixed)"
-                raise ValueError(f"global_pool={global_pool!r}: {type(self).__name__} accepts {choices}, '' or None")
-            if hasattr(self.cfg, "global_pool"):
-                changes["global_pool"] = global_pool
+        if global_pool is not None:
+            self._check_pool(global_pool)
+            changes["global_pool"] = global_pool
         self.cfg = dataclasses.replace(self.cfg, **changes)  # validated again by __post_init__
         self.num_classes = num_classes
         for name in self.get_classifier_names():
@@ -250,6 +269,7 @@ def init_trunc_normal(m: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
+@notrace  # a check on sizes: one opaque call in a traced graph
 def check_images(x, in_chans: int) -> None:
     """One clear error for a batch of the wrong rank or channel count, before any layer sees it."""
     if x.ndim != 4 or x.shape[1] != in_chans:

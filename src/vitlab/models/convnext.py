@@ -89,7 +89,9 @@ class Head(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps)
         self.fc = make_head(dim, num_classes)
 
-    def forward(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pre_logits: bool = False, pool: bool = True) -> torch.Tensor:
+        if not pool:  # the normalised map (B, C, H, W), as timm's head without pooling
+            return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         x = self.norm(x.mean(dim=(-2, -1)))  # (B, C)
         return x if pre_logits else self.fc(x)
 
@@ -134,7 +136,7 @@ class ConvNeXt(ModelBase):
         return [dict(num_chs=d, reduction=p * 2**i, module=f"stages.{i}") for i, d in enumerate(self.cfg.dims)]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
+        return self.head(x, pre_logits=pre_logits, pool=bool(self.cfg.global_pool))
 
 
 _VARIANTS = {

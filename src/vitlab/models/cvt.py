@@ -37,6 +37,7 @@ class CvTConfig(ImageModelConfig):
     qkv_bias: bool = True
     drop_path_rate: float = 0.1  # stochastic depth, last stage only (the official CvT-13 config: 0 / 0 / 0.1)
     norm_eps: float = 1e-5
+    global_pool: str = "token"  # the head reads the class token of the last stage
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -201,6 +202,8 @@ class CvT(ModelBase):
         return info
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.cfg.global_pool:
+            return x  # the class token unpooled (B, 1, D)
         x = x.mean(dim=1)  # (B, D): the single class token
         return x if pre_logits else self.head(x)
 

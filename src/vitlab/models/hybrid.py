@@ -15,10 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitlab.fx import notrace
+from vitlab.layers.patch_embed import check_patch_input
 from vitlab.models.vit import VisionTransformer, ViTConfig
 from vitlab.registry import register_variants
 
 
+@notrace  # the padding depends on the input size
 def same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
     """TensorFlow 'SAME' padding: output = ceil(input / stride); an odd total goes to the bottom/right."""
     H, W = x.shape[-2:]
@@ -137,10 +140,7 @@ class HybridEmbed(nn.Module):
         self.num_patches = self.grid_size**2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != self.in_chans or x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(
-                f"expected images of shape (B, {self.in_chans}, {self.img_size}, {self.img_size}), got {tuple(x.shape)}"
-            )
+        check_patch_input(x, self.in_chans, 1, self.img_size)
         return self.proj(self.backbone(x)).flatten(2).transpose(1, 2)  # (B, N, D)
 
 

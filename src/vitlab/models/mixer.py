@@ -89,6 +89,8 @@ class MlpMixer(ModelBase):
         return [dict(num_chs=self.num_features, reduction=r, module=f"blocks.{i}") for i in range(len(self.blocks))]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.cfg.global_pool:
+            return x  # unpooled tokens (B, N, C)
         x = x.mean(dim=1)  # global average pooling over tokens -> (B, C)
         return x if pre_logits else self.head(x)
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Container
 from dataclasses import dataclass
 
@@ -148,6 +149,8 @@ class ResNet(ModelBase):
         return info
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.cfg.global_pool:
+            return x  # unpooled (B, C, H, W)
         x = x.mean(dim=(-2, -1))  # global average pool -> (B, C)
         return x if pre_logits else self.fc(x)
 
@@ -166,36 +169,50 @@ class _ClassicCNN(ModelBase):
 
     head_name = "fc"
     first_conv = "features.0"
-    global_pools = ()  # an adaptive pool to the map size the classifier was built for, then flatten: fixed
+    global_pools = ("avg",)  # an adaptive pool to the map size the classifier was built for, then flatten
+    unpooled_features = False  # the classifier MLP follows the pool
 
-    def _blocks(self) -> list[nn.Sequential]:
-        """`features` cut after each pooling layer (conv -> activation [-> conv ...] -> pool): the blocks that are
-        checkpointed and whose outputs `forward_intermediates` returns."""
+    def _block_bounds(self) -> list[tuple[int, int]]:
+        """`features` cut after each pooling layer (conv -> activation [-> conv ...] -> pool), as [start, end) index
+        pairs: the blocks that are checkpointed and whose outputs `forward_intermediates` returns."""
         ends = [i + 1 for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d | nn.AvgPool2d)]
-        return [self.features[a:b] for a, b in zip([0, *ends], ends, strict=False)]
+        return list(zip([0, *ends], ends, strict=False))
+
+    def _run_layers(self, start: int, end: int, x: torch.Tensor) -> torch.Tensor:
+        for i in range(start, end):
+            x = self.features[i](x)
+        return x
 
     def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
         outs = []
-        for i, blk in enumerate(self._blocks()[: None if stop is None else stop + 1]):
-            x = self.run_block(blk, x)  # (B, C_i, H_i, W_i)
+        for i, (a, b) in enumerate(self._block_bounds()[: None if stop is None else stop + 1]):
+            x = self.run_block(functools.partial(self._run_layers, a, b), x)  # (B, C_i, H_i, W_i)
             if i in take:
                 outs.append((x, None))
         return x, outs
 
     def _num_intermediates(self) -> int:
-        return len(self._blocks())
+        return len(self._block_bounds())
 
     def _feature_info(self) -> list[dict]:
-        info, r, start = [], 1, 0
-        for blk in self._blocks():
+        info, r = [], 1
+        for a, b in self._block_bounds():
+            blk = list(self.features)[a:b]
             for m in blk:
                 if isinstance(m, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
                     s = m.stride
                     r *= s[0] if isinstance(s, tuple) else s
             chs = [m.out_channels for m in blk if isinstance(m, nn.Conv2d)][-1]
-            start += len(blk)
-            info.append(dict(num_chs=chs, reduction=r, module=f"features.{start - 1}"))
+            info.append(dict(num_chs=chs, reduction=r, module=f"features.{b - 1}"))
         return info
+
+    def _pool_size(self) -> tuple[int, int]:
+        side = self.cfg.img_size  # valid convolutions and pools: out = (in + 2 * padding - kernel) // stride + 1
+        for m in self.features:
+            if isinstance(m, nn.Conv2d | nn.MaxPool2d | nn.AvgPool2d):
+                k, s, p = (v[0] if isinstance(v, tuple) else v for v in (m.kernel_size, m.stride, m.padding))
+                side = (side + 2 * p - k) // s + 1
+        return side, side
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.classifier(self.pool(x).flatten(1))

@@ -18,12 +18,18 @@ from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vitlab.layers import DropPath, Mlp, attend
 from vitlab.models.base import ImageModelConfig, ModelBase, call, init_trunc_normal, make_head
-from vitlab.ops.windows import relative_position_index, shifted_window_mask, window_partition, window_reverse
+from vitlab.ops.windows import (
+    crop_map,
+    pad_to_windows,
+    relative_position_index,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
 from vitlab.registry import register_variants
 
 
@@ -108,12 +114,10 @@ class SwinBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path)
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
+        H, W = x.shape[1], x.shape[2]
         ws, s = self.window_size, self.shift_size
-        pad_h, pad_w = (ws - H % ws) % ws, (ws - W % ws) % ws
-        if pad_h or pad_w:  # F.pad copies even when it adds nothing
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
-        Hp, Wp = H + pad_h, W + pad_w
+        x = pad_to_windows(x, ws)  # (B, Hp, Wp, C)
+        Hp, Wp = x.shape[1], x.shape[2]
         mask = None
         if s:
             x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
@@ -122,7 +126,7 @@ class SwinBlock(nn.Module):
         x = window_reverse(windows, ws, Hp, Wp)  # (B, Hp, Wp, C)
         if s:
             x = torch.roll(x, shifts=(s, s), dims=(1, 2))
-        return x[:, :H, :W] if pad_h or pad_w else x
+        return crop_map(x, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self._attend(self.norm1(x)))
@@ -138,9 +142,7 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, H, W, C = x.shape
-        if H % 2 or W % 2:
-            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        x = pad_to_windows(x, 2)  # an odd side gets a zero row/column
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))  # (B, H/2, W/2, 2C)
 
@@ -225,6 +227,8 @@ class SwinTransformer(ModelBase):
         return [dict(num_chs=c * 2**i, reduction=p * 2**i, module=f"layers.{i}") for i in range(len(self.layers))]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.cfg.global_pool:
+            return x  # unpooled (B, H, W, C)
         x = x.mean(dim=(1, 2))  # global average pool over the token grid -> (B, C)
         return x if pre_logits else self.head.fc(x)
 

@@ -48,8 +48,8 @@ class ViTConfig(ImageModelConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.global_pool not in ("token", "avg"):
-            raise ValueError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
+        if self.global_pool not in ("token", "avg", ""):
+            raise ValueError(f"global_pool must be 'token', 'avg' or '' (no pooling), got {self.global_pool!r}")
         if self.pos_embed not in ("learned", "sincos", "none"):
             raise ValueError(f"pos_embed must be 'learned', 'sincos' or 'none', got {self.pos_embed!r}")
         if self.global_pool == "token" and not self.class_token:
@@ -189,11 +189,11 @@ class VisionTransformer(ModelBase):
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.global_pool == "avg":
             return x[:, self.num_prefix_tokens :].mean(dim=1)
-        return x[:, 0]
+        return x[:, 0] if self.cfg.global_pool == "token" else x  # "": every token (B, N, D)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         feats = self.head_drop(self.fc_norm(self._pool(x)))
-        if pre_logits:
+        if pre_logits or not self.cfg.global_pool:
             return feats
         if self.head_dist is None:
             return self.head(feats)

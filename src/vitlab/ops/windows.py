@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+from vitlab.fx import notrace
+
+
+@notrace  # branches on the map size
+def pad_to_windows(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """(B, H, W, C) zero-padded at the bottom and right to multiples of ws (HF's rule); x itself when it fits."""
+    pad_h, pad_w = -x.shape[1] % ws, -x.shape[2] % ws
+    return F.pad(x, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else x  # F.pad copies even when it adds nothing
+
+
+@notrace
+def crop_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(B, Hp, Wp, C) -> (B, H, W, C): the padding `pad_to_windows` added cut off; x itself when there was none."""
+    return x[:, :H, :W] if x.shape[1:3] != (H, W) else x
 
 
 def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
@@ -26,6 +42,7 @@ def relative_position_index(ws: int) -> torch.Tensor:
     return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
 
 
+@notrace  # the regions depend on the map size
 def shifted_window_mask(
     H: int, W: int, ws: int, shift: int, device=None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
