@@ -36,3 +36,105 @@ def test_timm_state_dict_logits_match(tmp_path, name, size):
     with torch.no_grad():
         assert (ours(x) - ref(x)).abs().max().item() < 1e-4
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+
+
+# ----- timm's model contract on shared weights: forward_intermediates, features_only, unpooled output, cfg ---------
+CONTRACT = {
+    "vit_small_patch16_224": 224,
+    "swin_tiny_patch4_window7_224": 224,
+    "convnext_tiny": 96,
+    "resnet50": 96,
+}
+
+
+def _pair(tmp_path, name, **kw):
+    """timm's model with perturbed weights and vitlab's loaded from them, both in eval mode."""
+    ref = timm.create_model(name, pretrained=False, **kw).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "w.safetensors")
+    ours = vitlab.create_model(name, pretrained=tmp_path / "w.safetensors", **kw).eval()
+    return ref, ours
+
+
+def _close(a, b):
+    if isinstance(a, tuple | list):
+        assert isinstance(b, tuple | list) and len(a) == len(b)
+        for x, y in zip(a, b, strict=True):
+            _close(x, y)
+    else:
+        assert a.shape == b.shape, (a.shape, b.shape)
+        assert (a - b).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("name,size", CONTRACT.items())
+def test_forward_intermediates_match_timm(tmp_path, name, size):
+    ref, ours = _pair(tmp_path, name, num_classes=10)
+    x = torch.randn(2, 3, size, size)
+    vit = name.startswith("vit")
+    calls = [
+        dict(),
+        dict(indices=2),
+        dict(indices=[0, -1], norm=True),
+        dict(indices=1, stop_early=True, intermediates_only=True),
+        dict(indices=[1], intermediates_only=True),
+    ]
+    if vit:  # token models: the NLC layout and the class token returned beside the grid
+        calls += [dict(indices=3, output_fmt="NLC"), dict(indices=2, return_prefix_tokens=True, norm=True)]
+    with torch.no_grad():
+        for kw in calls:
+            _close(ours.forward_intermediates(x, **kw), ref.forward_intermediates(x, **kw))
+    assert ours.feature_info == ref.feature_info
+
+
+@pytest.mark.parametrize("name,size", CONTRACT.items())
+@pytest.mark.parametrize("out_indices", [None, (1, 2)])
+@pytest.mark.parametrize("feature_cls", [None, "getter"])
+def test_features_only_matches_timm(tmp_path, name, size, out_indices, feature_cls):
+    _pair(tmp_path, name)  # writes timm's perturbed weights to w.safetensors
+    file = tmp_path / "w.safetensors"
+    kw = {k: v for k, v in dict(out_indices=out_indices, feature_cls=feature_cls).items() if v is not None}
+    overlay = dict(file=str(file))
+    ref = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay, features_only=True, **kw)
+    ours = vitlab.create_model(name, pretrained=file, features_only=True, **kw)
+    ref.eval(), ours.eval()
+    assert ours.feature_info.channels() == ref.feature_info.channels()
+    assert ours.feature_info.reduction() == ref.feature_info.reduction()
+    assert ours.feature_info.module_name() == ref.feature_info.module_name()
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        _close(ours(x), ref(x))
+
+
+@pytest.mark.parametrize("name,size", CONTRACT.items())
+def test_unpooled_output_matches_timm(tmp_path, name, size):
+    ref, ours = _pair(tmp_path, name, num_classes=0, global_pool="")
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        _close(ours(x), ref(x))
+        ref.reset_classifier(0, "avg" if not name.startswith("vit") else "token")
+        ours.reset_classifier(0, "avg" if not name.startswith("vit") else "token")
+        _close(ours(x), ref(x))
+        ref.reset_classifier(0, "")
+        ours.reset_classifier(0, "")
+        _close(ours(x), ref(x))
+
+
+CFG_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std", "num_classes", "first_conv", "classifier")
+
+
+CFG_MODELS = [*CONTRACT, "vit_base_patch16_384", "deit_base_distilled_patch16_224", "convnext_base"]
+
+
+@pytest.mark.parametrize("name", CFG_MODELS)
+def test_pretrained_cfg_matches_timm(name):
+    ref = timm.create_model(name, pretrained=False)
+    ours = vitlab.create_model(name)
+    for key in CFG_KEYS + ("fixed_input_size", "pool_size"):
+        a, b = ours.pretrained_cfg.get(key), ref.pretrained_cfg.get(key)
+        if key == "pool_size" and ours.output_fmt == "NLC":
+            continue  # a token model's features have no map; timm keeps the patch grid there
+        if key == "fixed_input_size":
+            a, b = bool(a), bool(b)
+        assert (tuple(a) if isinstance(a, list | tuple) else a) == (tuple(b) if isinstance(b, list | tuple) else b), key

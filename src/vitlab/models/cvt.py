@@ -186,6 +186,8 @@ class CvT(ModelBase):
             if i in take:
                 outs.append((tokens, grid))
             x = tokens_to_map(tokens, grid)  # (B, C_i, H_i, W_i), the next stage's input
+        if stop is not None:
+            return tokens, outs  # stopped early: no class token yet
         return self.norm(tokens[:, :1]), outs  # (B, 1, D): the class token (last stage), normalised
 
     def _num_intermediates(self) -> int:

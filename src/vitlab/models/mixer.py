@@ -76,7 +76,7 @@ class MlpMixer(ModelBase):
             x = self.run_block(blk, x)
             if i in take:
                 outs.append((x, grid))
-        return self.norm(x), outs  # (B, N, C)
+        return (x if stop is not None else self.norm(x)), outs  # (B, N, C); unnormalised when stopped early
 
     def _num_intermediates(self) -> int:
         return len(self.blocks)

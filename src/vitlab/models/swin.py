@@ -214,7 +214,7 @@ class SwinTransformer(ModelBase):
             x = stage(x, self.run_block)  # (B, H_i, W_i, C_i)
             if i in take:
                 outs.append((x.flatten(1, 2), x.shape[1:3]))  # tokens (B, H_i*W_i, C_i)
-        return self.norm(x), outs  # (B, H', W', C')
+        return (x if stop is not None else self.norm(x)), outs  # (B, H', W', C'); unnormalised when stopped early
 
     def _num_intermediates(self) -> int:
         return len(self.layers)

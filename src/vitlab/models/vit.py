@@ -174,7 +174,7 @@ class VisionTransformer(ModelBase):
             x = self._after_block(i, self.run_block(blk, x), grid)
             if i in take:
                 outs.append((x, grid))
-        return self.norm(x), outs  # (B, N, D)
+        return (x if stop is not None else self.norm(x)), outs  # (B, N, D); unnormalised when stopped early
 
     def _num_intermediates(self) -> int:
         return len(self.blocks)
