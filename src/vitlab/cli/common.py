@@ -9,13 +9,14 @@ from vitlab.factory import create_model, load_checkpoint
 from vitlab.weights import checkpoint_model_name
 
 
-def add_checkpoint_args(p) -> None:
+def add_checkpoint_args(p, device: bool = True) -> None:
     p.add_argument(
         "--checkpoint", required=True,
         help="vitlab run directory or checkpoint, or a transformers directory; any other format with --model",
     )  # fmt: skip
     p.add_argument("--model", default=None, help="architecture, when --checkpoint does not name one (a timm file)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    if device:
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
 def load_model(checkpoint: str, model: str | None) -> nn.Module:

@@ -25,6 +25,11 @@ def find_by_model_type(model_type: str | None) -> HfConverter | None:
     return HF_CONVERTERS.get(model_type or "")
 
 
+def find_by_family(family: str) -> HfConverter | None:
+    """The converter of a vitlab family (the one that writes it back as a transformers checkpoint)."""
+    return next((c for c in HF_CONVERTERS.values() if c.family == family), None)
+
+
 def find_by_keys(state: dict[str, torch.Tensor]) -> HfConverter | None:
     """The converter whose marker key the state dict has (a transformers state dict without its config.json)."""
     return next((c for c in HF_CONVERTERS.values() if any(k.endswith(c.marker) for k in state)), None)

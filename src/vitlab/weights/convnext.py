@@ -1,10 +1,10 @@
-"""Hugging Face transformers ConvNeXt checkpoints -> vitlab (timm-named) state dicts and configs."""
+"""Hugging Face transformers ConvNeXt checkpoints <-> vitlab (timm-named) state dicts and configs."""
 
 from __future__ import annotations
 
 import torch
 
-from vitlab.weights.hf import HfConverter, head_fields, pick_variant, rename
+from vitlab.weights.hf import HfConverter, head_fields, hf_config, pick_variant, rename, rename_to_hf
 
 _RULES = [
     (r"^embeddings\.patch_embeddings\.", "stem.0."),
@@ -60,10 +60,46 @@ def convnext_model_for(config: dict) -> tuple[str, dict]:
     return pick_variant(convnext_fields(config), CONVNEXT_VARIANTS, numerics=("layer_scale_init", "head_norm_eps"))
 
 
+# ----- vitlab -> transformers ---------------------------------------------------------------------------------------
+_B = r"^stages\.(\d+)\.blocks\.(\d+)\."
+_H = r"encoder.stages.\1.layers.\2."
+_TO_HF = [
+    (r"^stem\.0\.", "embeddings.patch_embeddings."),
+    (r"^stem\.1\.", "embeddings.layernorm."),
+    (r"^stages\.(\d+)\.downsample\.", r"encoder.stages.\1.downsampling_layer."),
+    (_B + r"conv_dw\.", _H + "dwconv."),
+    (_B + r"norm\.", _H + "layernorm."),
+    (_B + r"mlp\.fc1\.", _H + "pwconv1."),
+    (_B + r"mlp\.fc2\.", _H + "pwconv2."),
+    (_B + r"gamma$", _H + "layer_scale_parameter"),
+    (r"^head\.norm\.", "layernorm."),
+    (r"^head\.fc\.", "classifier."),
+]
+
+
+def convnext_to_hf(cfg: dict, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """ConvNeXtConfig fields + weights -> a ConvNextForImageClassification (its layer_norm_eps: the head's norm)."""
+    fields = dict(
+        num_channels=cfg["in_chans"],
+        patch_size=cfg["patch_size"],
+        num_stages=len(cfg["depths"]),
+        hidden_sizes=list(cfg["dims"]),
+        depths=list(cfg["depths"]),
+        hidden_act="gelu",
+        layer_scale_init_value=cfg["layer_scale_init"],
+        layer_norm_eps=cfg["head_norm_eps"],
+        image_size=cfg["img_size"],
+        drop_path_rate=cfg["drop_path_rate"],
+    )
+    state = rename_to_hf(state, _TO_HF, "convnext.")
+    return hf_config("convnext", "ConvNextForImageClassification", fields, cfg), state
+
+
 HF = HfConverter(
     family="convnext",
     marker="embeddings.patch_embeddings.weight",
     convert=convert_convnext,
     arch=convnext_arch,
     model_for=convnext_model_for,
+    to_hf=convnext_to_hf,
 )

@@ -1,11 +1,11 @@
-"""Hugging Face transformers CvT checkpoints -> vitlab (official-repository-named) state dicts and configs."""
+"""Hugging Face transformers CvT checkpoints <-> vitlab (official-repository-named) state dicts and configs."""
 
 from __future__ import annotations
 
 import torch
 
 from vitlab.errors import CheckpointError
-from vitlab.weights.hf import HfConverter, head_fields, pick_variant, rename
+from vitlab.weights.hf import HfConverter, head_fields, hf_config, pick_variant, rename, rename_to_hf, require
 
 _L = r"^encoder\.stages\.(\d+)\.layers\.(\d+)\."
 _A = _L + r"attention\.attention\."
@@ -93,10 +93,68 @@ def cvt_model_for(config: dict) -> tuple[str, dict]:
     return pick_variant(cvt_fields(config), CVT_VARIANTS)
 
 
+# ----- vitlab -> transformers ---------------------------------------------------------------------------------------
+_V = r"^stages\.(\d+)\.blocks\.(\d+)\."
+_H = r"encoder.stages.\1.layers.\2."
+_QKV = {"q": "query", "k": "key", "v": "value"}
+_TO_HF = [
+    (r"^stages\.(\d+)\.patch_embed\.proj\.", r"encoder.stages.\1.embedding.convolution_embeddings.projection."),
+    (r"^stages\.(\d+)\.patch_embed\.norm\.", r"encoder.stages.\1.embedding.convolution_embeddings.normalization."),
+    (r"^stages\.(\d+)\.cls_token$", r"encoder.stages.\1.cls_token"),
+    (_V + r"attn\.conv_proj_([qkv])\.(conv|bn)\.",
+     lambda m: f"encoder.stages.{m[1]}.layers.{m[2]}.attention.attention.convolution_projection_{_QKV[m[3]]}."
+     f"convolution_projection.{'convolution' if m[4] == 'conv' else 'normalization'}."),
+    (_V + r"attn\.proj_([qkv])\.",
+     lambda m: f"encoder.stages.{m[1]}.layers.{m[2]}.attention.attention.projection_{_QKV[m[3]]}."),
+    (_V + r"attn\.proj\.", _H + "attention.output.dense."),
+    (_V + r"norm1\.", _H + "layernorm_before."),
+    (_V + r"norm2\.", _H + "layernorm_after."),
+    (_V + r"mlp\.fc1\.", _H + "intermediate.dense."),
+    (_V + r"mlp\.fc2\.", _H + "output.dense."),
+    (r"^norm\.", "layernorm."),
+    (r"^head\.", "classifier."),
+]  # fmt: skip
+
+
+def cvt_to_hf(cfg: dict, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """CvTConfig fields + weights -> a CvtForImageClassification (its settings are per-stage lists)."""
+    depths, n = list(cfg["depths"]), len(cfg["depths"])
+    require(
+        all(d > i for i, d in enumerate(depths)),
+        f"transformers' CvT cannot build depths={tuple(depths)}: its stage i needs more than i blocks (it indexes "
+        "the stage's drop-path rates by the stage number)",
+    )
+    require(cfg["norm_eps"] == 1e-5, f"transformers' CvT LayerNorms use eps 1e-5; this model has {cfg['norm_eps']}")
+    k = cfg["kernel_qkv"]
+    fields = dict(
+        image_size=cfg["img_size"],  # not a CvtConfig field; kept in config.json for vitlab to read back
+        num_channels=cfg["in_chans"],
+        patch_sizes=list(cfg["patch_sizes"]),
+        patch_stride=list(cfg["patch_strides"]),
+        patch_padding=list(cfg["patch_paddings"]),
+        embed_dim=list(cfg["embed_dims"]),
+        num_heads=list(cfg["num_heads"]),
+        depth=depths,
+        mlp_ratio=[cfg["mlp_ratio"]] * n,
+        qkv_bias=[cfg["qkv_bias"]] * n,
+        cls_token=[False] * (n - 1) + [True],
+        qkv_projection_method=["dw_bn"] * n,
+        kernel_qkv=[k] * n,
+        padding_kv=[k // 2] * n,
+        stride_kv=[cfg["stride_kv"]] * n,
+        padding_q=[k // 2] * n,
+        stride_q=[1] * n,
+        drop_path_rate=[0.0] * (n - 1) + [cfg["drop_path_rate"]],  # the last stage only, as ours
+    )
+    state = rename_to_hf(state, _TO_HF, "cvt.")
+    return hf_config("cvt", "CvtForImageClassification", fields, cfg), state
+
+
 HF = HfConverter(
     family="cvt",
     marker="convolution_embeddings.projection.weight",
     convert=convert_cvt,
     arch=cvt_arch,
     model_for=cvt_model_for,
+    to_hf=cvt_to_hf,
 )

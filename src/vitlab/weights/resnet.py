@@ -1,4 +1,4 @@
-"""Hugging Face transformers ResNet checkpoints -> vitlab (timm/torchvision-named) state dicts and configs."""
+"""Hugging Face transformers ResNet checkpoints <-> vitlab (timm/torchvision-named) state dicts and configs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import torch
 
 from vitlab.errors import CheckpointError
-from vitlab.weights.hf import HfConverter, head_fields, pick_variant, rename
+from vitlab.weights.hf import HfConverter, head_fields, hf_config, pick_variant, rename, rename_to_hf
 
 _RULES = [
     (r"^embedder\.embedder\.convolution\.", "conv1."),
@@ -50,7 +50,10 @@ def resnet_fields(config: dict) -> dict:
 
 
 def resnet_arch(config: dict, state: dict[str, torch.Tensor]) -> dict:
-    return dict(resnet_fields(config), **head_fields(config, state, "fc.weight"))
+    arch = dict(resnet_fields(config), **head_fields(config, state, "fc.weight"))
+    if "image_size" in config:  # not a ResNetConfig field: what `vitlab export` writes beside them
+        arch["img_size"] = config["image_size"]
+    return arch
 
 
 # ----- registered variants a config.json can name (models/resnet.py; tests/test_factory.py checks they agree) --------
@@ -71,10 +74,46 @@ def resnet_model_for(config: dict) -> tuple[str, dict]:
     return pick_variant(resnet_fields(config), RESNET_VARIANTS)
 
 
+# ----- vitlab -> transformers ---------------------------------------------------------------------------------------
+def _block(m) -> str:
+    # our layer1.. and conv1.. count from 1; HF's stages and convs from 0
+    return f"encoder.stages.{int(m[1]) - 1}.layers.{m[2]}."
+
+
+_TO_HF = [
+    (r"^conv1\.", "embedder.embedder.convolution."),
+    (r"^bn1\.", "embedder.embedder.normalization."),
+    (r"^layer(\d+)\.(\d+)\.downsample\.0\.", lambda m: _block(m) + "shortcut.convolution."),
+    (r"^layer(\d+)\.(\d+)\.downsample\.1\.", lambda m: _block(m) + "shortcut.normalization."),
+    (r"^layer(\d+)\.(\d+)\.conv(\d+)\.", lambda m: _block(m) + f"layer.{int(m[3]) - 1}.convolution."),
+    (r"^layer(\d+)\.(\d+)\.bn(\d+)\.", lambda m: _block(m) + f"layer.{int(m[3]) - 1}.normalization."),
+    (r"^fc\.", "classifier.1."),
+]
+
+
+def resnet_to_hf(cfg: dict, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """ResNetConfig fields + weights -> a ResNetForImageClassification (v1.5: stride on the 3x3 conv, as ours)."""
+    expansion = 4 if cfg["block"] == "bottleneck" else 1
+    fields = dict(
+        num_channels=cfg["in_chans"],
+        embedding_size=cfg["stem_width"],
+        hidden_sizes=[w * expansion for w in cfg["widths"]],
+        depths=list(cfg["layers"]),
+        layer_type=cfg["block"],
+        hidden_act="relu",
+        downsample_in_first_stage=False,
+        downsample_in_bottleneck=False,
+        image_size=cfg["img_size"],  # not a ResNetConfig field; kept in config.json for vitlab to read back
+    )
+    state = rename_to_hf(state, _TO_HF, "resnet.")
+    return hf_config("resnet", "ResNetForImageClassification", fields, cfg), state
+
+
 HF = HfConverter(
     family="resnet",
     marker="embedder.embedder.convolution.weight",
     convert=convert_resnet,
     arch=resnet_arch,
     model_for=resnet_model_for,
+    to_hf=resnet_to_hf,
 )

@@ -1,4 +1,4 @@
-"""Hugging Face transformers Swin checkpoints -> vitlab (timm-named) state dicts and configs.
+"""Hugging Face transformers Swin checkpoints <-> vitlab (timm-named) state dicts and configs.
 
 HF keeps a stage's patch merging at the end of that stage; timm (and vitlab) at the start of the next one.
 """
@@ -10,7 +10,17 @@ import re
 import torch
 
 from vitlab.errors import CheckpointError
-from vitlab.weights.hf import HfConverter, fuse_qkv, head_fields, pick_variant, rename
+from vitlab.weights.hf import (
+    HfConverter,
+    fuse_qkv,
+    head_fields,
+    hf_config,
+    pick_variant,
+    rename,
+    rename_to_hf,
+    require,
+    split_qkv,
+)
 
 _B = r"^encoder\.layers\.(\d+)\.blocks\.(\d+)\."
 _RULES = [
@@ -84,10 +94,61 @@ def swin_model_for(config: dict) -> tuple[str, dict]:
     return pick_variant(swin_fields(config), SWIN_VARIANTS, numerics=("norm_eps",))
 
 
+# ----- vitlab -> transformers ---------------------------------------------------------------------------------------
+_V = r"^layers\.(\d+)\.blocks\.(\d+)\."
+_H = r"encoder.layers.\1.blocks.\2."
+_TO_HF = [
+    (r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection."),
+    (r"^patch_embed\.norm\.", "embeddings.norm."),
+    (_V + r"norm1\.", _H + "layernorm_before."),
+    (_V + r"norm2\.", _H + "layernorm_after."),
+    (_V + r"attn\.relative_position_bias_table$", _H + "attention.self.relative_position_bias_table"),
+    (_V + r"attn\.(query|key|value)\.", _H + r"attention.self.\3."),
+    (_V + r"attn\.proj\.", _H + "attention.output.dense."),
+    (_V + r"mlp\.fc1\.", _H + "intermediate.dense."),
+    (_V + r"mlp\.fc2\.", _H + "output.dense."),
+    # patch merging: the start of our stage N is the end of HF's stage N - 1
+    (r"^layers\.(\d+)\.downsample\.", lambda m: f"encoder.layers.{int(m[1]) - 1}.downsample."),
+    (r"^norm\.", "layernorm."),
+    (r"^head\.fc\.", "classifier."),
+]
+
+
+def swin_to_hf(cfg: dict, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """SwinConfig fields + weights -> a SwinForImageClassification (relative position indices are rebuilt there)."""
+    maps, side = [], cfg["img_size"] // cfg["patch_size"]
+    for i in range(len(cfg["depths"])):
+        side = side if i == 0 else (side + 1) // 2
+        maps.append(side)
+    require(  # transformers shrinks such a stage's window but keeps the full-size bias table: it cannot run
+        min(maps) >= cfg["window_size"],
+        f"transformers' Swin needs every stage's map to be at least the window ({cfg['window_size']}); this "
+        f"model's maps are {maps}: a larger img_size or a smaller window_size",
+    )
+    fields = dict(
+        image_size=cfg["img_size"],
+        patch_size=cfg["patch_size"],
+        num_channels=cfg["in_chans"],
+        embed_dim=cfg["embed_dim"],
+        depths=list(cfg["depths"]),
+        num_heads=list(cfg["num_heads"]),
+        window_size=cfg["window_size"],
+        mlp_ratio=cfg["mlp_ratio"],
+        qkv_bias=cfg["qkv_bias"],
+        hidden_act="gelu",
+        use_absolute_embeddings=False,
+        layer_norm_eps=cfg["norm_eps"],
+        drop_path_rate=cfg["drop_path_rate"],  # linear over all blocks in both
+    )
+    state = rename_to_hf(split_qkv(state, ("query", "key", "value")), _TO_HF, "swin.")
+    return hf_config("swin", "SwinForImageClassification", fields, cfg), state
+
+
 HF = HfConverter(
     family="swin",
     marker="attention.self.relative_position_bias_table",
     convert=convert_swin,
     arch=swin_arch,
     model_for=swin_model_for,
+    to_hf=swin_to_hf,
 )

@@ -1,7 +1,9 @@
-"""Hugging Face transformers ViT / DeiT checkpoints -> vitlab (timm-named) state dicts and configs.
+"""Hugging Face transformers ViT / DeiT checkpoints <-> vitlab (timm-named) state dicts and configs.
 
 Reads both key layouts: the one `save_pretrained` writes (`encoder.layer.N.attention.attention.query`) and the
 renamed modules of transformers 5 (`layers.N.attention.q_proj`). q, k and v are concatenated into one `qkv`.
+Writes the first layout (`vit_to_hf`): a plain or distilled ViT with a learned position table and the class-token
+head, which is all that transformers' ViT and DeiT classes build.
 """
 
 from __future__ import annotations
@@ -9,7 +11,17 @@ from __future__ import annotations
 import torch
 
 from vitlab.errors import CheckpointError
-from vitlab.weights.hf import HfConverter, fuse_qkv, head_fields, pick_variant, rename
+from vitlab.weights.hf import (
+    HfConverter,
+    fuse_qkv,
+    head_fields,
+    hf_config,
+    pick_variant,
+    rename,
+    rename_to_hf,
+    require,
+    split_qkv,
+)
 
 _PREFIXES = ("vit.", "deit.")
 
@@ -124,10 +136,60 @@ def vit_model_for(config: dict) -> tuple[str, dict]:
     return pick_variant(vit_fields(config), variants, numerics=("norm_eps",))
 
 
+# ----- vitlab -> transformers ---------------------------------------------------------------------------------------
+_L = r"^blocks\.(\d+)\."
+_TO_HF = [
+    (r"^cls_token$", "embeddings.cls_token"),
+    (r"^dist_token$", "embeddings.distillation_token"),
+    (r"^pos_embed$", "embeddings.position_embeddings"),
+    (r"^patch_embed\.proj\.", "embeddings.patch_embeddings.projection."),
+    (_L + r"attn\.(query|key|value)\.", r"encoder.layer.\1.attention.attention.\2."),
+    (_L + r"attn\.proj\.", r"encoder.layer.\1.attention.output.dense."),
+    (_L + r"norm1\.", r"encoder.layer.\1.layernorm_before."),
+    (_L + r"norm2\.", r"encoder.layer.\1.layernorm_after."),
+    (_L + r"mlp\.fc1\.", r"encoder.layer.\1.intermediate.dense."),
+    (_L + r"mlp\.fc2\.", r"encoder.layer.\1.output.dense."),
+    (r"^norm\.", "layernorm."),
+    (r"^head_dist\.", "distillation_classifier."),
+]
+
+
+def vit_to_hf(cfg: dict, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """ViTConfig fields + weights -> a ViTForImageClassification, or a DeiTForImageClassificationWithTeacher when
+    distilled (the same layout plus the distillation token and head; its logits average the two heads, as ours)."""
+    require(
+        cfg["pos_embed"] == "learned" and cfg["class_token"] and cfg["global_pool"] == "token" and not cfg["fc_norm"],
+        "transformers' ViT/DeiT have a learned position table, a class token and the head on it; this model has "
+        f"pos_embed={cfg['pos_embed']!r}, class_token={cfg['class_token']}, global_pool={cfg['global_pool']!r}, "
+        f"fc_norm={cfg['fc_norm']}",
+    )
+    D = cfg["embed_dim"]
+    fields = dict(
+        hidden_size=D,
+        num_hidden_layers=cfg["depth"],
+        num_attention_heads=cfg["num_heads"],
+        intermediate_size=int(D * cfg["mlp_ratio"]),  # as vitlab's Mlp sizes it
+        hidden_act="gelu",
+        image_size=cfg["img_size"],
+        patch_size=cfg["patch_size"],
+        num_channels=cfg["in_chans"],
+        qkv_bias=cfg["qkv_bias"],
+        layer_norm_eps=cfg["norm_eps"],
+    )
+    if cfg["distilled"]:
+        model_type, arch, prefix, head = "deit", "DeiTForImageClassificationWithTeacher", "deit.", "cls_classifier."
+    else:
+        model_type, arch, prefix, head = "vit", "ViTForImageClassification", "vit.", "classifier."
+    rules = [*_TO_HF, (r"^head\.", head)]
+    state = rename_to_hf(split_qkv(state, ("query", "key", "value")), rules, prefix, (head, "distillation_classifier."))
+    return hf_config(model_type, arch, fields, cfg), state
+
+
 HF = HfConverter(
     family="vit",
     marker="embeddings.patch_embeddings.projection.weight",
     convert=convert_vit,
     arch=vit_arch_from_config,
     model_for=vit_model_for,
+    to_hf=vit_to_hf,
 )
