@@ -143,6 +143,28 @@ def test_transform_resizes_and_normalises():
     torch.testing.assert_close(x, torch.full_like(x, 2.0))
 
 
+def test_eval_crop_pct_is_timms_centre_crop():
+    # timm resizes to floor(224 / 0.875) = 256, then takes the centre 224: a 256-pixel image is only cropped, so
+    # the output is its exact centre.
+    img = torch.randint(0, 256, (3, 256, 256), dtype=torch.uint8)
+    tf = ImageTransform(224, 3, (0.0,) * 3, (1.0,) * 3, crop_pct=0.875, interpolation="bicubic")
+    assert torch.equal(tf(img), img[:, 16:240, 16:240].float() / 255)
+    # a wide image: centre square first, then the same crop
+    wide = torch.cat([torch.zeros(3, 256, 50, dtype=torch.uint8), img, torch.zeros(3, 256, 50, dtype=torch.uint8)], 2)
+    assert torch.equal(tf(wide), tf(img))
+    with pytest.raises(ValueError, match="crop_pct"):
+        ImageTransform(224, 3, (0.0,) * 3, (1.0,) * 3, crop_pct=1.5)
+
+
+def test_transform_for_model_reads_pretrained_cfg():
+    import vitlab
+
+    tf = ImageTransform.for_model(vitlab.create_model("convnext_base", num_classes=0))
+    assert (tf.crop_pct, tf.interpolation, tf.img_size) == (0.875, "bicubic", 224)
+    tf = ImageTransform.for_model(vitlab.create_model("vit_micro_patch4_8"))
+    assert (tf.crop_pct, tf.in_chans) == (1.0, 1)  # the small configs: images already at the model's size
+
+
 def test_random_affine_identity_at_zero_strength():
     x = torch.rand(1, 8, 8)
     torch.testing.assert_close(random_affine(x, degrees=0, scale=0, shift=0), x, atol=1e-5, rtol=0)

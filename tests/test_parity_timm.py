@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -138,3 +140,28 @@ def test_pretrained_cfg_matches_timm(name):
         if key == "fixed_input_size":
             a, b = bool(a), bool(b)
         assert (tuple(a) if isinstance(a, list | tuple) else a) == (tuple(b) if isinstance(b, list | tuple) else b), key
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch16_224", "convnext_base"])
+def test_eval_transform_matches_timms(name):
+    """timm's eval pipeline (resolve_data_config + create_transform: PIL bicubic resize of the short side to
+    224 / crop_pct, centre crop) against vitlab's."""
+    from PIL import Image
+
+    from vitlab.data import ImageTransform
+
+    model = vitlab.create_model(name, num_classes=0)
+    ref = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+    ours = ImageTransform.for_model(model)
+    rng = torch.Generator().manual_seed(0)
+    short = math.floor(224 / model.pretrained_cfg["crop_pct"])
+    # an image whose short side is already the resize target: no resampling, so the crops must be identical
+    img = torch.randint(0, 256, (3, short, short + 85), dtype=torch.uint8, generator=rng)
+    torch.testing.assert_close(ours(img), ref(Image.fromarray(img.permute(1, 2, 0).numpy())), rtol=0, atol=1e-6)
+    # a larger one: resampled (PIL's bicubic kernel is not torch's), still far closer than a crop one pixel off
+    small = torch.randint(0, 256, (3, 12, 16), dtype=torch.uint8, generator=rng)
+    img = torch.nn.functional.interpolate(small[None].float(), size=(300, 400), mode="bilinear")[0].byte()
+    a, b = ours(img), ref(Image.fromarray(img.permute(1, 2, 0).numpy()))
+    diff = (a - b).abs().mean().item()
+    shifted = (a[:, :, 1:] - b[:, :, :-1]).abs().mean().item()
+    assert diff < shifted / 2, (diff, shifted)

@@ -35,10 +35,10 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.model).to(device).eval()
+    tf = ImageTransform.for_model(model)  # timm's eval crop, read before the model is repacked
     if args.optimize and device.type == "cpu":
         model = optimize_for_cpu_inference(model)  # the plain model is let go: one set of weights stays
     cfg = model.cfg
-    tf = ImageTransform(cfg.img_size, cfg.in_chans, cfg.mean, cfg.std, train=False)
     images = [tf(read_image(p)) for p in args.images]  # every file is read before any output
     labels = cfg.labels or [str(i) for i in range(model.num_classes)]
     with torch.no_grad():

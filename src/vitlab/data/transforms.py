@@ -46,8 +46,22 @@ class ImageTransform:
     hflip: bool = False  # random horizontal flip (train only)
     pad_crop: bool = True  # random translation by padding + cropping (train only)
     affine: bool = False  # small random rotation/scale/shift (train only): for digits, where flips are wrong
+    # eval only, timm's rule: resize to img_size / crop_pct, then take the centre img_size square
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"  # resizing: "bilinear" or "bicubic" (timm's eval default), antialiased
+
+    @classmethod
+    def for_model(cls, model, train: bool = False, **kw) -> ImageTransform:
+        """The transform a model's config and `pretrained_cfg` ask for: size, channels, normalisation, eval crop."""
+        cfg, pc = model.cfg, getattr(model, "pretrained_cfg", {})
+        crop = dict(crop_pct=pc.get("crop_pct", 1.0), interpolation=pc.get("interpolation", "bilinear"))
+        return cls(cfg.img_size, cfg.in_chans, cfg.mean, cfg.std, train=train, **crop, **kw)
 
     def __post_init__(self) -> None:
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}")
         if len(self.mean) != self.in_chans:  # grey models given RGB statistics: average them
             self.mean = (sum(self.mean) / len(self.mean),) * self.in_chans
             self.std = (sum(self.std) / len(self.std),) * self.in_chans
@@ -62,8 +76,13 @@ class ImageTransform:
             s = min(H, W)
             top, left = (H - s) // 2, (W - s) // 2
             x = x[:, top : top + s, left : left + s]
-        if x.shape[-1] != self.img_size:
-            x = F.interpolate(x[None], size=(self.img_size, self.img_size), mode="bilinear", antialias=True)[0]
+        size = self.img_size if self.train else math.floor(self.img_size / self.crop_pct)
+        if x.shape[-1] != size:
+            x = F.interpolate(x[None], size=(size, size), mode=self.interpolation, antialias=True)[0]
+            x = x.clamp(0, 1) if self.interpolation == "bicubic" else x  # bicubic overshoots; PIL's uint8 clips
+        if size != self.img_size:  # the centre crop
+            top = (size - self.img_size) // 2
+            x = x[:, top : top + self.img_size, top : top + self.img_size]
         if self.train and self.affine:
             x = random_affine(x)
         elif self.train:

@@ -50,12 +50,9 @@ class Task:
 
     def datasets(self, splits: DataSplits, model: nn.Module, augment: bool) -> tuple[Dataset, Dataset]:
         """(train, test) data sets yielding model inputs: the model's input size, channels and normalisation."""
-        cfg = model.cfg
         natural = splits.natural_images
-        train_tf = ImageTransform(
-            cfg.img_size, cfg.in_chans, cfg.mean, cfg.std, train=augment, hflip=natural, affine=not natural
-        )
-        test_tf = ImageTransform(cfg.img_size, cfg.in_chans, cfg.mean, cfg.std, train=False)
+        train_tf = ImageTransform.for_model(model, train=augment, hflip=natural, affine=not natural)
+        test_tf = ImageTransform.for_model(model)  # timm's eval: resize to img_size / crop_pct, centre crop
         return TransformedDataset(splits.train, train_tf), TransformedDataset(splits.test, test_tf)
 
     def build_method(self, tcfg, splits: DataSplits, device: torch.device) -> Method:
