@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/vitlab train --model vit_micro_patch4_8 --data digits --out runs/demo
+	$(VENV)/bin/vitlab train --model vit_micro_patch4_8 --data digits --out runs/demo --overwrite
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -43,6 +43,7 @@ class TrainConfig:
     accum_steps: int = _f(1, "gradient accumulation: one optimiser step every N batches")
     seed: int = _f(0, "seed for initialisation, shuffling, augmentation and dropout")
     resume: bool = _f(False, "continue the run in --out from its last completed epoch")
+    overwrite: bool = _f(False, "replace the vitlab run in --out (its own files only; other directories are refused)")
     workers: int = _f(0, "DataLoader worker processes")
     device: str = _f("auto", "auto | cpu | cuda")
     test_fraction: float = _f(0.2, "held-out share for data sets without their own test split")

@@ -1,8 +1,8 @@
 """Run-directory checkpoints: weights (vitlab safetensors), training state (safetensors + state.json).
 
-Every file is written atomically (temp file + rename). `state.json` is written last and names the epoch the other
-files belong to; the tensor files carry the same epoch in their metadata, so a half-finished save is detected
-instead of silently mixing epochs on resume.
+An epoch's files are written into OUT/.pending and committed by replacing `state.json`, which names the epoch, then
+moved into place (`vitlab.engine.rundir`): a crash at any instant leaves the previous epoch or the new one. The tensor
+files carry the epoch in their metadata too, so files of different epochs are never mixed on resume.
 """
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitlab.engine.rundir import STATE_JSON, commit_files, pending_dir, recover
 from vitlab.errors import CheckpointError
 from vitlab.factory import save_checkpoint
 from vitlab.weights import CHECKPOINT_FILE
 from vitlab.weights.io import atomic_write, read_tensors, write_tensors
 
-STATE_JSON = "state.json"
 TRAIN_STATE = "train_state.safetensors"
 EMA_FILE = "checkpoint_ema.safetensors"
+BEST_FILE = "checkpoint_best.safetensors"
 
 
 def save_run_state(
@@ -34,16 +35,21 @@ def save_run_state(
     extra: dict,
     gathered: tuple[dict, dict] | None = None,
     task: str = "classification",
+    best: bool = False,
 ) -> None:
-    """gathered: (weights, optimizer state) of a sharded model, from `sharding.full_state`.
+    """One committed save of epoch `epoch`. gathered: (weights, optimizer state) of a sharded model, from
+    `sharding.full_state`; best: the weights are also the best so far (checkpoint_best.safetensors).
 
     The weight files carry the epoch and the task in their metadata (`vitlab eval` picks its evaluator by the task).
     """
     tag = {"epoch": epoch, "task": task}
     weights, opt = gathered if gathered is not None else (model.state_dict(), optimizer.state_dict())
-    save_checkpoint(model, out / CHECKPOINT_FILE, extra=tag, state_dict=weights)
+    stage = pending_dir(out)
+    save_checkpoint(model, stage / CHECKPOINT_FILE, extra=tag, state_dict=weights)
+    if best:
+        save_checkpoint(model, stage / BEST_FILE, extra=tag, state_dict=weights)
     if ema_model is not None:
-        save_checkpoint(ema_model, out / EMA_FILE, extra=tag)
+        save_checkpoint(ema_model, stage / EMA_FILE, extra=tag)
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict] = {}
     for idx, st in opt["state"].items():
@@ -54,7 +60,7 @@ def save_run_state(
                 scalars.setdefault(str(idx), {})[k] = v
     if ema_model is not None:
         tensors.update({f"ema.{k}": v for k, v in ema_model.state_dict().items()})
-    write_tensors(out / TRAIN_STATE, tensors, {"epoch": str(epoch)})
+    write_tensors(stage / TRAIN_STATE, tensors, {"epoch": str(epoch)})
     state = {
         "epoch": epoch,
         "optimizer": {"param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]},
@@ -64,7 +70,8 @@ def save_run_state(
         "rng": {"seed": extra.get("seed"), "reseeded_per_epoch": True},
         **extra,
     }
-    atomic_write(out / STATE_JSON, lambda tmp: Path(tmp).write_text(json.dumps(state, indent=2)))
+    text = json.dumps(state, indent=2)
+    commit_files(out, lambda: atomic_write(out / STATE_JSON, lambda tmp: Path(tmp).write_text(text)))
 
 
 def load_run_state(
@@ -74,6 +81,7 @@ def load_run_state(
 
     sharded: the model is FSDP-sharded; the full tensors are scattered into each rank's shards.
     """
+    recover(out)  # a save a crash interrupted: finished if it was committed, dropped if not
     state_file = out / STATE_JSON
     if not state_file.is_file():
         raise CheckpointError(f"--resume: {state_file} not found (no completed epoch in {out})")

@@ -7,12 +7,13 @@ epoch (`fit`), then write the report (`finish`). The task (`vitlab.engine.tasks`
 turns a batch into unweighted losses, the evaluator with its primary metric, and the report sections.
 
 Run directory: config.json, metrics.jsonl (one line per epoch), checkpoint.safetensors + train_state.safetensors +
-state.json (every epoch, atomically), checkpoint_best.safetensors (best primary metric so far), report.md with its
-PNG figures at the end.
+state.json (every epoch, committed as one: `vitlab.engine.rundir`), checkpoint_best.safetensors (best primary metric
+so far), report.md with its PNG figures at the end. One training holds the directory's lock at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
@@ -35,19 +37,19 @@ from vitlab.engine.ema import ModelEma
 from vitlab.engine.evaluators import EvalResult, Evaluator, evaluate
 from vitlab.engine.optim import build_optimizer, warmup_cosine
 from vitlab.engine.report import curves_section, read_metrics, write_report
+from vitlab.engine.rundir import RunLock, check_out, clear_run, has_completed_epoch, is_run
 from vitlab.engine.sharding import full_state, shard_model
-from vitlab.engine.state import STATE_JSON, load_run_state, save_run_state
+from vitlab.engine.state import BEST_FILE, load_run_state, save_run_state
 from vitlab.engine.tasks import Task, get_task
 from vitlab.errors import CheckpointError, ConfigError
-from vitlab.factory import create_model, save_checkpoint
+from vitlab.factory import create_model
 from vitlab.methods import Method, weighted_loss
 from vitlab.weights.io import atomic_write
 
 log = logging.getLogger(__name__)
 
 # Fields a resumed run may change; everything else comes from the run's config.json.
-RESUME_MUTABLE = {"resume", "stop_after", "workers", "device", "fsdp"}  # checkpoints do not depend on fsdp
-BEST_FILE = "checkpoint_best.safetensors"
+RESUME_MUTABLE = {"resume", "stop_after", "workers", "device", "fsdp", "overwrite"}  # checkpoints ignore fsdp
 
 
 @dataclass
@@ -135,20 +137,17 @@ def config_from_json(saved: dict) -> TrainConfig:
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """The config this invocation runs: a resumed run's saved one (with RESUME_MUTABLE from `cfg`), task defaults in.
 
-    Refuses an --out that already holds a run unless resuming; nothing is written here.
+    Refuses an --out this run must not write to (`rundir.check_out`); nothing is written here.
     """
     out = Path(cfg.out)
+    check_out(out, cfg.resume, cfg.overwrite)
     if cfg.resume:
         saved = out / "config.json"
-        if not saved.is_file():
-            raise CheckpointError(f"--resume: {saved} not found; nothing to resume in {out}")
         try:
             fields = json.loads(saved.read_text())
         except json.JSONDecodeError as e:
             raise CheckpointError(f"--resume: {saved} is not valid JSON ({e})") from None
         cfg = dataclasses.replace(config_from_json(fields), **{k: getattr(cfg, k) for k in RESUME_MUTABLE})
-    elif (out / STATE_JSON).exists() or (out / "config.json").exists():
-        raise ConfigError(f"--out {out} already holds a run; pass --resume to continue it or choose another --out")
     task = get_task(cfg.task)
     tcfg = task.config_cls() if cfg.task_cfg is None else cfg.task_cfg
     if not isinstance(tcfg, task.config_cls):
@@ -221,8 +220,12 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
 def start_run(run: Run) -> tuple[int, dict | None]:
     """(first epoch to run, best primary metric so far): resumed from the run directory, or a fresh config.json."""
     out, ctx = run.out, run.ctx
-    if not run.cfg.resume:
+    if not run.cfg.resume or not has_completed_epoch(out):
+        if run.cfg.resume:
+            log.info("%s: no epoch was completed; starting the run again", out)
         if ctx.is_main:
+            if is_run(out):  # --overwrite, or a run killed before its first epoch ended
+                clear_run(out)
             out.mkdir(parents=True, exist_ok=True)
             atomic_write(out / "config.json", lambda tmp: Path(tmp).write_text(_config_json(run.cfg)))
         return 1, None
@@ -253,11 +256,15 @@ def train(cfg: TrainConfig) -> TrainResult:
         cfg = resolve_config(cfg)
         barrier(ctx)  # every rank has checked --out before rank 0 writes into it
         run = build_run(cfg, ctx)
-        start_epoch, best = start_run(run)
-        result = fit(run, start_epoch, best)
-        if result is None:
-            return TrainResult(run.out, None, read_metrics(run.out / "metrics.jsonl"), time.perf_counter() - t_start)
-        return finish(run, result, t_start)
+        with RunLock(run.out) if ctx.is_main else contextlib.nullcontext():
+            if ctx.is_main:
+                check_out(run.out, cfg.resume, cfg.overwrite)  # again, under the lock: a run may have ended meanwhile
+            start_epoch, best = start_run(run)
+            result = fit(run, start_epoch, best)
+            if result is None:
+                metrics = read_metrics(run.out / "metrics.jsonl")
+                return TrainResult(run.out, None, metrics, time.perf_counter() - t_start)
+            return finish(run, result, t_start)
     finally:
         if quiet is not None:
             logging.getLogger("vitlab").setLevel(quiet)
@@ -310,19 +317,25 @@ def save_epoch(run: Run, epoch: int, row: dict, best: dict | None, improved: boo
     out, ctx = run.out, run.ctx
     gathered = full_state(run.model, run.optimizer) if run.cfg.fsdp else None  # a collective: every rank takes part
     if ctx.is_main:
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        save_run_state(
-            out, epoch=epoch, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
-            ema_model=run.ema.module if run.ema else None, gathered=gathered, task=run.task.name,
-            extra={"seed": run.cfg.seed, "metrics": row, "best": best},
-        )  # fmt: skip
-        if improved:
-            weights = None if gathered is None else gathered[0]
-            save_checkpoint(
-                run.model, out / BEST_FILE, extra={"epoch": epoch, "task": run.task.name}, state_dict=weights
-            )
+        try:
+            _save_epoch_files(run, epoch, row, best, improved, gathered)
+        except (OSError, SafetensorError) as e:  # disk full, quota, a vanished directory: the last epoch is kept
+            raise CheckpointError(
+                f"saving epoch {epoch} in {out} failed ({getattr(e, 'strerror', None) or e}); the run keeps its last "
+                "completed epoch: free the space and continue with --resume"
+            ) from None
     barrier(ctx)
+
+
+def _save_epoch_files(run: Run, epoch: int, row: dict, best: dict | None, improved: bool, gathered) -> None:
+    out = run.out
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    save_run_state(
+        out, epoch=epoch, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler,
+        ema_model=run.ema.module if run.ema else None, gathered=gathered, task=run.task.name,
+        extra={"seed": run.cfg.seed, "metrics": row, "best": best}, best=improved,
+    )  # fmt: skip
 
 
 def train_one_epoch(run: Run, epoch: int, rng: np.random.Generator) -> dict:
