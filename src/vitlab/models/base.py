@@ -67,7 +67,7 @@ class ModelBase(nn.Module):
     """timm's model API for every family: classifier access, grad checkpointing, `forward_intermediates`.
 
     A family builds its layers and implements `_forward_trunk` (the one pass both `forward_features` and
-    `forward_intermediates` run), `_num_intermediates`, `forward_head`, and where it has them `_final_norm` and
+    `forward_intermediates` run), `_feature_info`, `forward_head`, and where it has them `_final_norm` and
     `no_weight_decay`; its blocks (or stages) run through `checkpointed` when `grad_checkpointing` is set.
 
     TorchScript: `torch.jit.script(model)` compiles forward, so the forward path reads plain attributes (`in_chans`,
@@ -116,10 +116,6 @@ class ModelBase(nn.Module):
         """
         raise NotImplementedError
 
-    def _num_intermediates(self) -> int:
-        """How many blocks/stages `forward_intermediates` can return."""
-        raise NotImplementedError
-
     def _final_norm(self) -> nn.Module | None:
         """The norm forward_features applies to its tokens last; None where the features are not normalised."""
         return None
@@ -128,7 +124,8 @@ class ModelBase(nn.Module):
         raise NotImplementedError
 
     def _feature_info(self) -> list[dict]:
-        """One dict per `forward_intermediates` output: num_chs, reduction (input pixels per output step), module."""
+        """One dict per `forward_intermediates` output (block or stage): num_chs, reduction (input pixels per output
+        step), module."""
         raise NotImplementedError
 
     def _pool_size(self) -> tuple[int, int]:
@@ -206,7 +203,7 @@ class ModelBase(nn.Module):
         if output_fmt not in OUTPUT_FMTS:
             raise ValueError(f"output_fmt must be one of {OUTPUT_FMTS}, got {output_fmt!r}")
         final_norm = self._final_norm() if norm else None
-        take, last = feature_take_indices(self._num_intermediates(), indices)
+        take, last = feature_take_indices(len(self.feature_info), indices)
         check_images(x, self.in_chans)
         final, outs = self._forward_trunk(x, take, last if stop_early and intermediates_only else None)
         feats = []

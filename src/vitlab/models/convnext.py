@@ -130,9 +130,6 @@ class ConvNeXt(ModelBase):
                     outs.append((x, None))
         return x, outs  # unnormalised: the LayerNorm comes after pooling, in the head
 
-    def _num_intermediates(self) -> int:
-        return len(self.stages)
-
     def _feature_info(self) -> list[dict]:
         p = self.cfg.patch_size
         return [dict(num_chs=d, reduction=p * 2**i, module=f"stages.{i}") for i, d in enumerate(self.cfg.dims)]

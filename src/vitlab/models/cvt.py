@@ -201,9 +201,6 @@ class CvT(ModelBase):
             return tokens, outs  # stopped early: no class token yet
         return self.norm(tokens[:, :1]), outs  # (B, 1, D): the class token (last stage), normalised
 
-    def _num_intermediates(self) -> int:
-        return len(self.stages)
-
     def _final_norm(self) -> nn.Module:
         return self.norm
 

@@ -88,9 +88,6 @@ class MlpMixer(ModelBase):
                     outs.append((x, grid))
         return (x if stop is not None else self.norm(x)), outs  # (B, N, C); unnormalised when stopped early
 
-    def _num_intermediates(self) -> int:
-        return len(self.blocks)
-
     def _final_norm(self) -> nn.Module:
         return self.norm
 

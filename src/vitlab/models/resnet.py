@@ -149,9 +149,6 @@ class ResNet(ModelBase):
                 i += 1
         return x, outs
 
-    def _num_intermediates(self) -> int:
-        return 1 + len(self.cfg.layers)
-
     def _feature_info(self) -> list[dict]:
         info = [dict(num_chs=self.cfg.stem_width, reduction=2, module="act1")]
         for i, stage in enumerate(self.stages):
@@ -232,9 +229,6 @@ class _ClassicCNN(ModelBase):
             if take is not None and i in take:
                 outs.append((x, None))
         return x, outs
-
-    def _num_intermediates(self) -> int:
-        return len(self._block_bounds())
 
     def _feature_info(self) -> list[dict]:
         info, r = [], 1

@@ -218,9 +218,6 @@ class SwinTransformer(ModelBase):
                     outs.append((x.flatten(1, 2), (x.shape[1], x.shape[2])))  # tokens (B, H_i*W_i, C_i)
         return (x if stop is not None else self.norm(x)), outs  # (B, H', W', C'); unnormalised when stopped early
 
-    def _num_intermediates(self) -> int:
-        return len(self.layers)
-
     def _final_norm(self) -> nn.Module:
         return self.norm
 

@@ -193,9 +193,6 @@ class VisionTransformer(ModelBase):
                     outs.append((x, grid))
         return (x if stop is not None else self.norm(x)), outs  # (B, N, D); unnormalised when stopped early
 
-    def _num_intermediates(self) -> int:
-        return len(self.blocks)
-
     def _final_norm(self) -> nn.Module | None:
         return None if self.cfg.fc_norm else self.norm
 
