@@ -284,6 +284,12 @@ def check_images(x: torch.Tensor, in_chans: int) -> None:
         raise ValueError(f"expected images of shape (B, {in_chans}, H, W), got {shape_text(x)}")
 
 
+def token_feature_info(depth: int, width: int, patch_size: int) -> list[dict]:
+    """`feature_info` of an isotropic model (ViT, Mixer): each of `depth` blocks gives `width` channels at the patch
+    stride."""
+    return [dict(num_chs=width, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
+
+
 def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """Tokens (B, N, C) on an (H, W) grid, N - H*W prefix tokens first -> map (B, C, H, W) of the grid tokens."""
     B, N, C = x.shape

@@ -21,6 +21,7 @@ from vitlab.models.base import (
     checkpointed,
     init_trunc_normal,
     make_head,
+    token_feature_info,
 )
 from vitlab.registry import register_variants
 
@@ -92,8 +93,7 @@ class MlpMixer(ModelBase):
         return self.norm
 
     def _feature_info(self) -> list[dict]:
-        r = self.stem.patch_size
-        return [dict(num_chs=self.num_features, reduction=r, module=f"blocks.{i}") for i in range(len(self.blocks))]
+        return token_feature_info(len(self.blocks), self.num_features, self.stem.patch_size)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "":

@@ -26,6 +26,7 @@ from vitlab.models.base import (
     ModelBase,
     checkpointed,
     make_head,
+    token_feature_info,
 )
 from vitlab.models.outputs import DistilledLogits
 from vitlab.registry import register_variants
@@ -197,8 +198,7 @@ class VisionTransformer(ModelBase):
         return None if self.cfg.fc_norm else self.norm
 
     def _feature_info(self) -> list[dict]:
-        r = self.patch_size
-        return [dict(num_chs=self.num_features, reduction=r, module=f"blocks.{i}") for i in range(len(self.blocks))]
+        return token_feature_info(len(self.blocks), self.num_features, self.patch_size)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.global_pool == "avg":
