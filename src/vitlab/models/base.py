@@ -214,7 +214,8 @@ class ModelBase(nn.Module):
                 continue
             if final_norm is not None and y.shape[-1] == self.num_features:
                 y = final_norm(y)
-            prefix, y = y[:, : y.shape[1] - grid[0] * grid[1]], y[:, y.shape[1] - grid[0] * grid[1] :]
+            P = y.shape[1] - grid[0] * grid[1]  # prefix tokens before the grid's
+            prefix, y = y[:, :P], y[:, P:]
             feats.append((y if output_fmt == "NLC" else tokens_to_map(y, grid), prefix))
         feats = feats if return_prefix_tokens else [y for y, _ in feats]
         return feats if intermediates_only else (final, feats)
