@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import vitlab
+from tests.conftest import randomise_weights
 from vitlab.errors import ConfigError, UnknownModelError
+from vitlab.fx import create_fx_model
 from vitlab.registry import get_entry
 
 ALL = vitlab.list_models()
@@ -173,10 +175,47 @@ def check_classifier(m, x):
 
 def test_wrong_channels_and_size_are_clear_errors():
     m = vitlab.create_model("vit_micro_patch2_8")
-    with pytest.raises(ValueError, match=r"expected images of shape \(B, 1, H, W\)"):
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 1, H, W\), got \(1, 3, 8, 8\)$"):
         m(torch.randn(1, 3, 8, 8))
     with pytest.raises(ValueError, match="img_size=16"):
         m(torch.randn(1, 1, 16, 16))
+    # the same checks compiled into a scripted model, with the same messages
+    scripted = torch.jit.script(m)
+    with pytest.raises(torch.jit.Error, match=r"expected images of shape \(B, 1, H, W\), got \(1, 3, 8, 8\)"):
+        scripted(torch.randn(1, 3, 8, 8))
+    with pytest.raises(torch.jit.Error, match="img_size=16"):
+        scripted(torch.randn(1, 1, 16, 16))
+
+
+def one_per_code_path(names: list[str]) -> list[str]:
+    """The first variant of each model class and choice of its config's str and bool fields (pooling, tokens, block
+    type): the settings that pick code paths, where sizes only change shapes. Scripting takes seconds a model."""
+    seen = {}
+    for name in names:
+        with torch.device("meta"):
+            m = vitlab.create_model(name)
+        cfg = m.cfg
+        flags = tuple((f.name, v) for f in dataclasses.fields(cfg) if isinstance(v := getattr(cfg, f.name), bool | str))
+        seen.setdefault((type(m), flags), name)
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("name", one_per_code_path(ALL))
+def test_torchscript_equals_eager(name, tmp_path):
+    """torch.jit.script of the model, and of its torch.fx trace, computes the eager outputs; the scripted model
+    saves and loads (nothing is left to Python), and runs its blocks plainly where eager checkpoints them."""
+    m, _ = small(name, num_classes=7)
+    randomise_weights(m)
+    m.set_grad_checkpointing(True)
+    x = torch.randn(2, m.cfg.in_chans, m.cfg.img_size, m.cfg.img_size)
+    want = m(x)
+    scripted = torch.jit.script(m)
+    torch.testing.assert_close(scripted(x), want, rtol=1e-5, atol=1e-5)
+    torch.jit.save(scripted, tmp_path / "m.pt")
+    torch.testing.assert_close(torch.jit.load(tmp_path / "m.pt")(x), want, rtol=1e-5, atol=1e-5)
+    m.set_grad_checkpointing(False)
+    (traced,) = torch.jit.script(create_fx_model(m))(x).values()
+    torch.testing.assert_close(traced, want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -249,10 +249,6 @@ def test_model_default_cfgs_non_std(model_name, batch_size):
     _check_classifier_and_first_conv(cfg, state_dict)
 
 
-NOT_SCRIPTABLE = pytest.mark.xfail(strict=True, reason="torch.jit.script: the models are not scriptable yet (#9)")
-
-
-@NOT_SCRIPTABLE
 @pytest.mark.parametrize("model_name", NAMES)
 @pytest.mark.parametrize("batch_size", [1])
 def test_model_forward_torchscript(model_name, batch_size):
@@ -409,7 +405,6 @@ EXCLUDE_FX_JIT_FILTERS = ["deit_*_distilled_patch16_224"]
     [p for p in NAMES if not any(fnmatch.fnmatch(_name(p), f) for f in EXCLUDE_FX_JIT_FILTERS)],
 )
 @pytest.mark.parametrize("batch_size", [1])
-@NOT_SCRIPTABLE
 def test_model_forward_fx_torchscript(model_name, batch_size):
     input_size = _get_input_size(model_name=model_name, target=TARGET_JIT_SIZE)
     if max(input_size) > MAX_JIT_SIZE:

@@ -22,3 +22,10 @@ class DataError(VitlabError):
 
 class ConfigError(VitlabError, ValueError):
     pass
+
+
+def shape_text(x) -> str:
+    """A tensor's shape as `tuple(x.shape)` prints it, `(1, 3, 8, 8)`, also inside TorchScript (which has no
+    `tuple(list)`); for error messages of input checks that scripted models compile."""
+    dims = [str(d) for d in x.shape]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import fx, nn
 from torch.fx import _symbolic_trace
 
@@ -30,8 +31,11 @@ def notrace_module(cls: type[nn.Module]) -> type[nn.Module]:
 
 def is_tracing() -> bool:
     """True while torch.fx traces: code that picks a kernel from runtime facts (device, requires_grad) takes the
-    branch that is right everywhere."""
-    return _symbolic_trace.is_fx_symbolic_tracing()
+    branch that is right everywhere. False in TorchScript, which cannot ask (and is never tracing)."""
+    if torch.jit.is_scripting():
+        return False
+    else:
+        return _symbolic_trace.is_fx_symbolic_tracing()
 
 
 def tracer_kwargs() -> dict:
@@ -73,6 +77,7 @@ def create_fx_model(model: nn.Module, train: bool = False) -> fx.GraphModule:
         (out,) = [n for n in gm.graph.nodes if n.op == "output"]
         value = out.args[0]
         out.args = ({getattr(value, "name", "output"): value},)
+        out.type = None  # the copied `-> Tensor` annotation no longer holds (TorchScript checks it)
         gm.recompile()
         return gm
     train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs())

@@ -23,7 +23,6 @@ def attend(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    *,
     bias: torch.Tensor | None = None,
     dropout_p: float = 0.0,
     scale: float | None = None,
@@ -34,6 +33,7 @@ def attend(
     Shapes: q (B, H, Nq, Dh), k and v (B, H, Nk, Dh), bias broadcastable to (B, H, Nq, Nk)
     -> out (B, H, Nq, Dh), probs (B, H, Nq, Nk) (before dropout) or None. `scale` defaults to Dh^-0.5.
     Both paths give the same output up to float rounding; `dropout_p` applies as given (pass 0 in eval mode).
+    Pass the options by keyword (not keyword-only in the signature because TorchScript compiles this function).
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     # With a bias that needs a gradient (Swin's relative position table while training) SDPA's fused CPU kernel
@@ -82,7 +82,7 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
         drop = self.attn_drop if self.training else 0.0
         x, probs = attend(q, k, v, dropout_p=drop, scale=self.scale, capture=self.capture_attn)
-        if probs is not None:
+        if not torch.jit.is_scripting() and probs is not None:  # capture is for eager models (vitlab.explain)
             self.attn_probs = probs.detach()  # (B, H, N, N)
         x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
         return self.proj_drop(self.proj(x))

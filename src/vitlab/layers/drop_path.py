@@ -10,7 +10,7 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor
     if drop_prob == 0.0 or not training:
         return x
     keep = 1.0 - drop_prob
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+    mask = x.new_empty([x.shape[0]] + [1] * (x.ndim - 1)).bernoulli_(keep).div_(keep)  # (B, 1, ...)
     return x * mask  # one pass over x: the 1/keep scale is folded into the per-sample mask
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vitlab.errors import shape_text
 from vitlab.fx import notrace
 
 
@@ -32,12 +33,12 @@ class PatchEmbed(nn.Module):
 @notrace
 def check_patch_input(x: torch.Tensor, in_chans: int, patch_size: int, img_size: int) -> None:
     """One clear error for images PatchEmbed cannot cut: wrong rank or channels, not img_size (0: any multiple of
-    the patch size)."""
+    the patch size). Written in the Python subset TorchScript compiles (it runs inside scripted models)."""
     if x.ndim != 4 or x.shape[1] != in_chans:
-        raise ValueError(f"expected images of shape (B, {in_chans}, H, W), got {tuple(x.shape)}")
-    H, W = x.shape[-2:]
-    if not img_size:
-        if H % patch_size or W % patch_size:
+        raise ValueError(f"expected images of shape (B, {in_chans}, H, W), got {shape_text(x)}")
+    H, W = x.shape[-2], x.shape[-1]
+    if img_size == 0:
+        if H % patch_size != 0 or W % patch_size != 0:
             raise ValueError(f"image size {H}x{W} is not a multiple of patch_size={patch_size}")
     elif (img_size, img_size) != (H, W):
         raise ValueError(

@@ -1,21 +1,27 @@
 """What every image model shares: the config fields the engine reads, and `ModelBase`, timm's model API written once."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` in this file: TorchScript and torch.fx read its annotations as objects.
+# TorchScript types an attribute a model sets on itself from ModelBase's class annotations (ViT's fixed_input_size)
+# and cannot resolve them as strings; torch.fx copies forward's argument annotation into the traced code, where a
+# string becomes a name TorchScript cannot resolve either.
 import dataclasses
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vitlab.errors import shape_text
 from vitlab.fx import notrace
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
 OUTPUT_FMTS = ("NCHW", "NLC")  # feature maps (B, C, H, W); tokens (B, N, C)
+# One output of `_forward_trunk` for `forward_intermediates`: tokens (B, N, C) and their grid (H, W), or a map (B, C,
+# H, W) and None. Spelled out for TorchScript, which compiles `_forward_trunk` as part of forward.
+Intermediate = tuple[torch.Tensor, tuple[int, int] | None]
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,14 @@ class ImageModelConfig:
         raise NotImplementedError(f"{type(self).__name__}.test_overrides: say how to shrink this family for tests")
 
 
-def call(block: Callable, *args):
-    """Run `block(*args)`: the plain runner stages use when no model passes its own."""
+def checkpointed(block: nn.Module, *args):
+    """`block(*args)`, its activations recomputed in backward instead of stored (when autograd records them).
+
+    Python only: call sites guard it with `not torch.jit.is_scripting()`, which TorchScript resolves at compile time,
+    so scripted models run their blocks directly (timm's models do the same).
+    """
+    if torch.is_grad_enabled():
+        return checkpoint(block, *args, use_reentrant=False)
     return block(*args)
 
 
@@ -55,8 +67,12 @@ class ModelBase(nn.Module):
     """timm's model API for every family: classifier access, grad checkpointing, `forward_intermediates`.
 
     A family builds its layers and implements `_forward_trunk` (the one pass both `forward_features` and
-    `forward_intermediates` run), `_num_intermediates`, `forward_head`, and where it has them `_final_norm` and
-    `no_weight_decay`; its stages take `run_block` so that checkpointing reaches their blocks.
+    `forward_intermediates` run), `_feature_info`, `forward_head`, and where it has them `_final_norm` and
+    `no_weight_decay`; its blocks (or stages) run through `checkpointed` when `grad_checkpointing` is set.
+
+    TorchScript: `torch.jit.script(model)` compiles forward, so the forward path reads plain attributes (`in_chans`,
+    `global_pool`, copies of what it needs from the frozen config), never `cfg`, and keeps Python-only code (grad
+    checkpointing, attention capture) behind `torch.jit.is_scripting()`. `forward_intermediates` stays Python.
     """
 
     head_name: str = "head"  # attribute path of the classifier (`head.fc` where the head has a norm before it)
@@ -69,20 +85,20 @@ class ModelBase(nn.Module):
     fixed_input_size: bool = False
     crop_pct: float = 0.875
     default_out_indices: int | tuple[int, ...] | None = None  # None: every level
-    __jit_unused_properties__ = ["feature_info", "pretrained_cfg", "default_cfg", "global_pool"]  # Python only
+    __jit_unused_properties__ = ["feature_info", "pretrained_cfg", "default_cfg"]  # Python only
+    __jit_ignored_attributes__ = ["cfg"]  # a dataclass: TorchScript cannot hold it; forward reads the copies below
 
     def __init__(self, cfg: ImageModelConfig, num_features: int, head_hidden_size: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        # copies of the config that forward reads (kept in step with cfg by reset_classifier)
+        self.in_chans = cfg.in_chans
+        self.global_pool = cfg.global_pool
         self.num_classes = cfg.num_classes
         self.num_features = num_features  # channels of forward_features' output
         self.head_hidden_size = num_features if head_hidden_size is None else head_hidden_size  # the classifier's input
         self.grad_checkpointing = False
         self._check_pool(cfg.global_pool)
-
-    @property
-    def global_pool(self) -> str:
-        return self.cfg.global_pool
 
     def _check_pool(self, pool: str) -> None:
         choices = self.global_pools + (("",) if self.unpooled_features else ())
@@ -91,17 +107,13 @@ class ModelBase(nn.Module):
 
     # ----- what a family implements ------------------------------------------------------------------------------
     def _forward_trunk(
-        self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None
-    ) -> tuple[torch.Tensor, list]:
+        self, x: torch.Tensor, take: list[int] | None = None, stop: int | None = None
+    ) -> tuple[torch.Tensor, list[Intermediate]]:
         """(forward_features' output, [(output, grid) of each block/stage in `take`]); blocks after `stop` are skipped
         when it is given (the first value is then meaningless).
 
         An output is tokens (B, N, C) on a grid (H, W), prefix tokens first, or a feature map (B, C, H, W) (grid None).
         """
-        raise NotImplementedError
-
-    def _num_intermediates(self) -> int:
-        """How many blocks/stages `forward_intermediates` can return."""
         raise NotImplementedError
 
     def _final_norm(self) -> nn.Module | None:
@@ -112,7 +124,8 @@ class ModelBase(nn.Module):
         raise NotImplementedError
 
     def _feature_info(self) -> list[dict]:
-        """One dict per `forward_intermediates` output: num_chs, reduction (input pixels per output step), module."""
+        """One dict per `forward_intermediates` output (block or stage): num_chs, reduction (input pixels per output
+        step), module."""
         raise NotImplementedError
 
     def _pool_size(self) -> tuple[int, int]:
@@ -157,14 +170,8 @@ class ModelBase(nn.Module):
         return self.pretrained_cfg
 
     # ----- forward ------------------------------------------------------------------------------------------------
-    def run_block(self, block: Callable, *args):
-        """`block(*args)`, recomputed in backward instead of stored when grad checkpointing is on."""
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.cfg.in_chans)
+        check_images(x, self.in_chans)
         return self._forward_trunk(x)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -196,9 +203,9 @@ class ModelBase(nn.Module):
         if output_fmt not in OUTPUT_FMTS:
             raise ValueError(f"output_fmt must be one of {OUTPUT_FMTS}, got {output_fmt!r}")
         final_norm = self._final_norm() if norm else None
-        take, last = feature_take_indices(self._num_intermediates(), indices)
-        check_images(x, self.cfg.in_chans)
-        final, outs = self._forward_trunk(x, set(take), last if stop_early and intermediates_only else None)
+        take, last = feature_take_indices(len(self.feature_info), indices)
+        check_images(x, self.in_chans)
+        final, outs = self._forward_trunk(x, take, last if stop_early and intermediates_only else None)
         feats = []
         for y, grid in outs:
             if y.ndim == 4:  # a CNN's map (B, C, H, W)
@@ -207,7 +214,8 @@ class ModelBase(nn.Module):
                 continue
             if final_norm is not None and y.shape[-1] == self.num_features:
                 y = final_norm(y)
-            prefix, y = y[:, : y.shape[1] - grid[0] * grid[1]], y[:, y.shape[1] - grid[0] * grid[1] :]
+            P = y.shape[1] - grid[0] * grid[1]  # prefix tokens before the grid's
+            prefix, y = y[:, :P], y[:, P:]
             feats.append((y if output_fmt == "NLC" else tokens_to_map(y, grid), prefix))
         feats = feats if return_prefix_tokens else [y for y, _ in feats]
         return feats if intermediates_only else (final, feats)
@@ -234,6 +242,7 @@ class ModelBase(nn.Module):
             changes["global_pool"] = global_pool
         self.cfg = dataclasses.replace(self.cfg, **changes)  # validated again by __post_init__
         self.num_classes = num_classes
+        self.global_pool = self.cfg.global_pool
         for name in self.get_classifier_names():
             owner, _, attr = name.rpartition(".")
             setattr(self.get_submodule(owner), attr, make_head(self.head_hidden_size, num_classes, like=self))
@@ -270,10 +279,16 @@ def init_trunc_normal(m: nn.Module, std: float = 0.02) -> None:
 
 
 @notrace  # a check on sizes: one opaque call in a traced graph
-def check_images(x, in_chans: int) -> None:
+def check_images(x: torch.Tensor, in_chans: int) -> None:
     """One clear error for a batch of the wrong rank or channel count, before any layer sees it."""
     if x.ndim != 4 or x.shape[1] != in_chans:
-        raise ValueError(f"expected images of shape (B, {in_chans}, H, W), got {tuple(x.shape)}")
+        raise ValueError(f"expected images of shape (B, {in_chans}, H, W), got {shape_text(x)}")
+
+
+def token_feature_info(depth: int, width: int, patch_size: int) -> list[dict]:
+    """`feature_info` of an isotropic model (ViT, Mixer): each of `depth` blocks gives `width` channels at the patch
+    stride."""
+    return [dict(num_chs=width, reduction=patch_size, module=f"blocks.{i}") for i in range(depth)]
 
 
 def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -8,7 +8,6 @@ average pool -> LN -> Linear. Parameter names follow timm's (`stem`, `stages.N.d
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.layers import DropPath, Mlp
-from vitlab.models.base import ImageModelConfig, ModelBase, call, init_trunc_normal, make_head
+from vitlab.models.base import ImageModelConfig, Intermediate, ModelBase, checkpointed, init_trunc_normal, make_head
 from vitlab.registry import register_variants
 
 
@@ -74,10 +73,10 @@ class ConvNeXtStage(nn.Module):
             self.downsample = nn.Identity()
         self.blocks = nn.Sequential(*[ConvNeXtBlock(dim, layer_scale_init, dpr[i]) for i in range(depth)])
 
-    def forward(self, x: torch.Tensor, run_block: Callable = call) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
         x = self.downsample(x)
         for blk in self.blocks:
-            x = run_block(blk, x)
+            x = checkpointed(blk, x) if grad_checkpointing and not torch.jit.is_scripting() else blk(x)
         return x
 
 
@@ -119,24 +118,24 @@ class ConvNeXt(ModelBase):
         self.apply(init_trunc_normal)
         self.head = Head(self.num_features, cfg.num_classes, cfg.head_norm_eps)
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
+    def _forward_trunk(
+        self, x: torch.Tensor, take: list[int] | None = None, stop: int | None = None
+    ) -> tuple[torch.Tensor, list[Intermediate]]:
         x = self.stem(x)
-        outs = []
-        for i, stage in enumerate(self.stages[: None if stop is None else stop + 1]):
-            x = stage(x, self.run_block)  # (B, C_i, H_i, W_i)
-            if i in take:
-                outs.append((x, None))
+        outs: list[Intermediate] = []
+        for i, stage in enumerate(self.stages):
+            if stop is None or i <= stop:  # (TorchScript has no `break` in a loop over modules)
+                x = stage(x, self.grad_checkpointing)  # (B, C_i, H_i, W_i)
+                if take is not None and i in take:
+                    outs.append((x, None))
         return x, outs  # unnormalised: the LayerNorm comes after pooling, in the head
-
-    def _num_intermediates(self) -> int:
-        return len(self.stages)
 
     def _feature_info(self) -> list[dict]:
         p = self.cfg.patch_size
         return [dict(num_chs=d, reduction=p * 2**i, module=f"stages.{i}") for i, d in enumerate(self.cfg.dims)]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits, pool=bool(self.cfg.global_pool))
+        return self.head(x, pre_logits=pre_logits, pool=self.global_pool != "")
 
 
 _VARIANTS = {

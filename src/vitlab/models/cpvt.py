@@ -26,7 +26,7 @@ class PEG(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         B, N, D = x.shape
-        feat = x.transpose(1, 2).reshape(B, D, *grid)  # (B, D, Hp, Wp)
+        feat = x.transpose(1, 2).reshape(B, D, grid[0], grid[1])  # (B, D, Hp, Wp)
         return (self.proj(feat) + feat).flatten(2).transpose(1, 2)  # (B, N, D)
 
 

@@ -12,14 +12,21 @@ dimension; kept for weight compatibility.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vitlab.layers import DropPath, Mlp, attend
-from vitlab.models.base import ImageModelConfig, ModelBase, call, init_trunc_normal, make_head, tokens_to_map
+from vitlab.models.base import (
+    ImageModelConfig,
+    Intermediate,
+    ModelBase,
+    checkpointed,
+    init_trunc_normal,
+    make_head,
+    tokens_to_map,
+)
 from vitlab.registry import register_variants
 
 
@@ -89,16 +96,16 @@ class ConvAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
-        cls = None
+        cls: torch.Tensor | None = None
         if self.with_cls:
             cls, x = x[:, :1], x[:, 1:]
-        feat = x.transpose(1, 2).reshape(B, C, *hw)  # (B, C, H, W)
+        feat = x.transpose(1, 2).reshape(B, C, hw[0], hw[1])  # (B, C, H, W)
         q, k, v = self.conv_proj_q(feat), self.conv_proj_k(feat), self.conv_proj_v(feat)
         if cls is not None:  # the class token skips the convolutions
-            q, k, v = (torch.cat([cls, t], dim=1) for t in (q, k, v))
+            q, k, v = torch.cat([cls, q], dim=1), torch.cat([cls, k], dim=1), torch.cat([cls, v], dim=1)
         q, k, v = self._heads(self.proj_q(q)), self._heads(self.proj_k(k)), self._heads(self.proj_v(v))
         out, probs = attend(q, k, v, scale=self.scale, capture=self.capture_attn)  # (B, heads, Nq, Dh)
-        if probs is not None:
+        if not torch.jit.is_scripting() and probs is not None:  # capture is for eager models (vitlab.explain)
             self.attn_probs = probs.detach()  # (B, heads, Nq, Nkv)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
@@ -140,7 +147,7 @@ class CvTStage(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if with_cls else None
         self.blocks = nn.ModuleList([CvTBlock(dim, cfg.num_heads[i], cfg, with_cls, r) for r in dpr])
 
-    def forward(self, x: torch.Tensor, run_block: Callable = call) -> tuple[torch.Tensor, tuple[int, int]]:
+    def forward(self, x: torch.Tensor, grad_checkpointing: bool = False) -> tuple[torch.Tensor, tuple[int, int]]:
         """(B, C_in, H, W) -> (tokens (B, [1 +] H'W', C), class token first where the stage has one; grid (H', W'))."""
         x = self.patch_embed(x)
         B, C, H, W = x.shape
@@ -148,7 +155,7 @@ class CvTStage(nn.Module):
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
         for blk in self.blocks:
-            x = run_block(blk, x, (H, W))
+            x = checkpointed(blk, x, (H, W)) if grad_checkpointing and not torch.jit.is_scripting() else blk(x, (H, W))
         return x, (H, W)
 
 
@@ -179,19 +186,20 @@ class CvT(ModelBase):
     def attention_layers(self) -> list[ConvAttention]:
         return [blk.attn for s in self.stages for blk in s.blocks]
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
-        outs = []
-        for i, stage in enumerate(self.stages[: None if stop is None else stop + 1]):
-            tokens, grid = stage(x, self.run_block)  # (B, [1 +] H_i*W_i, C_i)
-            if i in take:
-                outs.append((tokens, grid))
-            x = tokens_to_map(tokens, grid)  # (B, C_i, H_i, W_i), the next stage's input
+    def _forward_trunk(
+        self, x: torch.Tensor, take: list[int] | None = None, stop: int | None = None
+    ) -> tuple[torch.Tensor, list[Intermediate]]:
+        outs: list[Intermediate] = []
+        tokens = x  # (bound before the loop for TorchScript; every model has a stage)
+        for i, stage in enumerate(self.stages):
+            if stop is None or i <= stop:  # (TorchScript has no `break` in a loop over modules)
+                tokens, grid = stage(x, self.grad_checkpointing)  # (B, [1 +] H_i*W_i, C_i)
+                if take is not None and i in take:
+                    outs.append((tokens, grid))
+                x = tokens_to_map(tokens, grid)  # (B, C_i, H_i, W_i), the next stage's input
         if stop is not None:
             return tokens, outs  # stopped early: no class token yet
         return self.norm(tokens[:, :1]), outs  # (B, 1, D): the class token (last stage), normalised
-
-    def _num_intermediates(self) -> int:
-        return len(self.stages)
 
     def _final_norm(self) -> nn.Module:
         return self.norm
@@ -204,7 +212,7 @@ class CvT(ModelBase):
         return info
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if not self.cfg.global_pool:
+        if self.global_pool == "":
             return x  # the class token unpooled (B, 1, D)
         x = x.mean(dim=1)  # (B, D): the single class token
         return x if pre_logits else self.head(x)

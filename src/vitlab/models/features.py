@@ -87,7 +87,11 @@ class FeatureNet(nn.Module):
             raise ConfigError(f"output_fmt={self.output_fmt!r}: features are 'NCHW' or 'NHWC' maps")
         self.feature_info = FeatureInfo(info, idx)
         self.pretrained_cfg = {**model.pretrained_cfg, "num_classes": 0}
-        self.default_cfg = self.pretrained_cfg
+
+    @property
+    def default_cfg(self) -> dict:
+        """timm's older name of `pretrained_cfg` (the same dict)."""
+        return self.pretrained_cfg
 
     def forward(self, x: torch.Tensor):
         feats = self.model.forward_intermediates(

@@ -24,7 +24,7 @@ from vitlab.registry import register_variants
 @notrace  # the padding depends on the input size
 def same_pad(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
     """TensorFlow 'SAME' padding: output = ceil(input / stride); an odd total goes to the bottom/right."""
-    H, W = x.shape[-2:]
+    H, W = x.shape[-2], x.shape[-1]
     ph = max((math.ceil(H / stride) - 1) * stride + kernel - H, 0)
     pw = max((math.ceil(W / stride) - 1) * stride + kernel - W, 0)
     return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=value)
@@ -50,7 +50,8 @@ class GroupNormAct(nn.GroupNorm):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = super().forward(x)
+        # nn.GroupNorm's forward, spelled out: TorchScript has no super()
+        x = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         return F.relu(x) if self.act else x
 
 

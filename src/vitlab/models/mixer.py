@@ -7,14 +7,22 @@ LN, global average pooling, linear head. Parameter names follow timm (`stem.proj
 
 from __future__ import annotations
 
-from collections.abc import Container
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vitlab.layers import DropPath, Mlp, PatchEmbed
-from vitlab.models.base import HALF, ImageModelConfig, ModelBase, init_trunc_normal, make_head
+from vitlab.models.base import (
+    HALF,
+    ImageModelConfig,
+    Intermediate,
+    ModelBase,
+    checkpointed,
+    init_trunc_normal,
+    make_head,
+    token_feature_info,
+)
 from vitlab.registry import register_variants
 
 
@@ -68,28 +76,27 @@ class MlpMixer(ModelBase):
         self.apply(init_trunc_normal)
         self.head = make_head(cfg.embed_dim, cfg.num_classes)  # zero-initialised, as in the JAX code
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
+    def _forward_trunk(
+        self, x: torch.Tensor, take: list[int] | None = None, stop: int | None = None
+    ) -> tuple[torch.Tensor, list[Intermediate]]:
         x = self.stem(x)
         grid = (self.stem.grid_size, self.stem.grid_size)
-        outs = []
-        for i, blk in enumerate(self.blocks[: None if stop is None else stop + 1]):
-            x = self.run_block(blk, x)
-            if i in take:
-                outs.append((x, grid))
+        outs: list[Intermediate] = []
+        for i, blk in enumerate(self.blocks):
+            if stop is None or i <= stop:  # (TorchScript has no `break` in a loop over modules)
+                x = checkpointed(blk, x) if self.grad_checkpointing and not torch.jit.is_scripting() else blk(x)
+                if take is not None and i in take:
+                    outs.append((x, grid))
         return (x if stop is not None else self.norm(x)), outs  # (B, N, C); unnormalised when stopped early
-
-    def _num_intermediates(self) -> int:
-        return len(self.blocks)
 
     def _final_norm(self) -> nn.Module:
         return self.norm
 
     def _feature_info(self) -> list[dict]:
-        r = self.cfg.patch_size
-        return [dict(num_chs=self.num_features, reduction=r, module=f"blocks.{i}") for i in range(len(self.blocks))]
+        return token_feature_info(len(self.blocks), self.num_features, self.stem.patch_size)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if not self.cfg.global_pool:
+        if self.global_pool == "":
             return x  # unpooled tokens (B, N, C)
         x = x.mean(dim=1)  # global average pooling over tokens -> (B, C)
         return x if pre_logits else self.head(x)

@@ -13,13 +13,12 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Container
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from vitlab.models.base import HALF, ImageModelConfig, ModelBase, make_head
+from vitlab.models.base import HALF, ImageModelConfig, Intermediate, ModelBase, checkpointed, make_head
 from vitlab.registry import register_model, register_variants
 
 
@@ -100,6 +99,7 @@ class ResNet(ModelBase):
     head_name = "fc"
     first_conv = "conv1"
     crop_pct = 0.95
+    __jit_unused_properties__ = [*ModelBase.__jit_unused_properties__, "stages"]
 
     def __init__(self, cfg: ResNetConfig) -> None:
         block = BasicBlock if cfg.block == "basic" else Bottleneck
@@ -128,19 +128,26 @@ class ResNet(ModelBase):
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, f"layer{i + 1}") for i in range(len(self.cfg.layers))]
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
+    def _forward_trunk(
+        self, x: torch.Tensor, take: list[int] | None = None, stop: int | None = None
+    ) -> tuple[torch.Tensor, list[Intermediate]]:
         """Outputs as timm's: 0 the stem (stride 2, before the max-pool), then layer1..layer4 (strides 4 to 32)."""
         x = self.act1(self.bn1(self.conv1(x)))
-        outs = [(x, None)] if 0 in take else []
+        outs: list[Intermediate] = []
+        if take is not None and 0 in take:
+            outs.append((x, None))
         x = self.maxpool(x)
-        for i, stage in enumerate(self.stages[: None if stop is None else stop]):
-            x = self.run_block(stage, x)  # (B, C_i, H_i, W_i)
-            if i + 1 in take:
-                outs.append((x, None))
+        i = 1  # output index of the next stage
+        # The stages by name: TorchScript can neither loop over a Python list of modules (`stages`) nor look one up
+        # by a computed name; it unrolls this loop over the children.
+        for name, stage in self.named_children():
+            if name.startswith("layer"):  # layer1..layerN, in order
+                if stop is None or i <= stop:  # (TorchScript has no `break` in a loop over modules)
+                    x = checkpointed(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+                    if take is not None and i in take:
+                        outs.append((x, None))  # (B, C_i, H_i, W_i)
+                i += 1
         return x, outs
-
-    def _num_intermediates(self) -> int:
-        return 1 + len(self.cfg.layers)
 
     def _feature_info(self) -> list[dict]:
         info = [dict(num_chs=self.cfg.stem_width, reduction=2, module="act1")]
@@ -149,7 +156,7 @@ class ResNet(ModelBase):
         return info
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if not self.cfg.global_pool:
+        if self.global_pool == "":
             return x  # unpooled (B, C, H, W)
         x = x.mean(dim=(-2, -1))  # global average pool -> (B, C)
         return x if pre_logits else self.fc(x)
@@ -172,6 +179,19 @@ class _ClassicCNN(ModelBase):
     global_pools = ("avg",)  # an adaptive pool to the map size the classifier was built for, then flatten
     unpooled_features = False  # the classifier MLP follows the pool
 
+    def __init__(
+        self, cfg: ClassicCNNConfig, features: nn.Sequential, pool: nn.Module, classifier: nn.Sequential, hidden: int
+    ) -> None:
+        num_features = [m.out_channels for m in features if isinstance(m, nn.Conv2d)][-1]
+        super().__init__(cfg, num_features=num_features, head_hidden_size=hidden)
+        self.features = features
+        self.pool = pool
+        self.classifier = classifier
+        self.fc = make_head(hidden, cfg.num_classes)
+        # index in `features` of each block's last layer (TorchScript cannot test the layers' types: a type it has
+        # renamed for another configuration fails isinstance)
+        self.block_ends = [b - 1 for _, b in self._block_bounds()]
+
     def _block_bounds(self) -> list[tuple[int, int]]:
         """`features` cut after each pooling layer (conv -> activation [-> conv ...] -> pool), as [start, end) index
         pairs: the blocks that are checkpointed and whose outputs `forward_intermediates` returns."""
@@ -183,16 +203,32 @@ class _ClassicCNN(ModelBase):
             x = self.features[i](x)
         return x
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
-        outs = []
-        for i, (a, b) in enumerate(self._block_bounds()[: None if stop is None else stop + 1]):
-            x = self.run_block(functools.partial(self._run_layers, a, b), x)  # (B, C_i, H_i, W_i)
-            if i in take:
-                outs.append((x, None))
+    def _forward_trunk(
+        self, x: torch.Tensor, take: list[int] | None = None, stop: int | None = None
+    ) -> tuple[torch.Tensor, list[Intermediate]]:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._forward_trunk_checkpointed(x, take, stop)
+        outs: list[Intermediate] = []
+        i = 0  # the block the next layer belongs to
+        for j, layer in enumerate(self.features):
+            if stop is None or i <= stop:  # (TorchScript has no `break` in a loop over modules)
+                x = layer(x)
+                if j in self.block_ends:
+                    if take is not None and i in take:
+                        outs.append((x, None))  # (B, C_i, H_i, W_i)
+                    i += 1
         return x, outs
 
-    def _num_intermediates(self) -> int:
-        return len(self._block_bounds())
+    def _forward_trunk_checkpointed(
+        self, x: torch.Tensor, take: list[int] | None, stop: int | None
+    ) -> tuple[torch.Tensor, list[Intermediate]]:
+        """The same pass with each block's layers run as one checkpointed function (Python only)."""
+        outs = []
+        for i, (a, b) in enumerate(self._block_bounds()[: None if stop is None else stop + 1]):
+            x = checkpointed(functools.partial(self._run_layers, a, b), x)  # (B, C_i, H_i, W_i)
+            if take is not None and i in take:
+                outs.append((x, None))
+        return x, outs
 
     def _feature_info(self) -> list[dict]:
         info, r = [], 1
@@ -223,37 +259,34 @@ class LeNet5(_ClassicCNN):
     """Shapes: (B, 1, 32, 32) -> C1 (B, 6, 28, 28) -> S2 14x14 -> C3 (B, 16, 10, 10) -> S4 5x5 -> 120 -> 84 -> K."""
 
     def __init__(self, cfg: ClassicCNNConfig) -> None:
-        super().__init__(cfg, num_features=16, head_hidden_size=84)
-        self.features = nn.Sequential(
+        features = nn.Sequential(
             nn.Conv2d(cfg.in_chans, 6, 5), nn.Tanh(), nn.AvgPool2d(2),
             nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
         )  # fmt: skip
         # C5 is a 5x5 convolution over the 5x5 map, i.e. a linear layer on the flattened map at 32x32 input;
         # the adaptive pool keeps other input sizes working.
-        self.pool = nn.AdaptiveAvgPool2d(5)
-        self.classifier = nn.Sequential(nn.Linear(16 * 25, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh())
-        self.fc = make_head(84, cfg.num_classes)
+        pool = nn.AdaptiveAvgPool2d(5)
+        classifier = nn.Sequential(nn.Linear(16 * 25, 120), nn.Tanh(), nn.Linear(120, 84), nn.Tanh())
+        super().__init__(cfg, features, pool, classifier, hidden=84)
 
 
 class AlexNet(_ClassicCNN):
     """Shapes: (B, 3, 224, 224) -> features (B, 256, 6, 6) -> 4096 -> 4096 -> K."""
 
     def __init__(self, cfg: ClassicCNNConfig) -> None:
-        super().__init__(cfg, num_features=256, head_hidden_size=4096)
         relu = lambda: nn.ReLU(inplace=True)  # noqa: E731
-        self.features = nn.Sequential(
+        features = nn.Sequential(
             nn.Conv2d(cfg.in_chans, 64, 11, stride=4, padding=2), relu(), nn.MaxPool2d(3, stride=2),
             nn.Conv2d(64, 192, 5, padding=2), relu(), nn.MaxPool2d(3, stride=2),
             nn.Conv2d(192, 384, 3, padding=1), relu(),
             nn.Conv2d(384, 256, 3, padding=1), relu(),
             nn.Conv2d(256, 256, 3, padding=1), relu(), nn.MaxPool2d(3, stride=2),
         )  # fmt: skip
-        self.pool = nn.AdaptiveAvgPool2d(6)
-        self.classifier = nn.Sequential(
+        classifier = nn.Sequential(
             nn.Dropout(cfg.dropout), nn.Linear(256 * 36, 4096), relu(),
             nn.Dropout(cfg.dropout), nn.Linear(4096, 4096), relu(),
         )  # fmt: skip
-        self.fc = make_head(4096, cfg.num_classes)
+        super().__init__(cfg, features, nn.AdaptiveAvgPool2d(6), classifier, hidden=4096)
 
 
 _RESNETS = {

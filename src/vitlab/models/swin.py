@@ -14,14 +14,13 @@ with the bias (+ mask) as an additive attention mask.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vitlab.layers import DropPath, Mlp, attend
-from vitlab.models.base import ImageModelConfig, ModelBase, call, init_trunc_normal, make_head
+from vitlab.models.base import ImageModelConfig, Intermediate, ModelBase, checkpointed, init_trunc_normal, make_head
 from vitlab.ops.windows import (
     crop_map,
     pad_to_windows,
@@ -78,7 +77,7 @@ class WindowAttention(nn.Module):
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def relative_bias(self) -> torch.Tensor:
-        N = self.window_size**2
+        N = self.window_size * self.window_size  # (not **: an int power is a float in TorchScript)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]  # (N*N, H)
         return bias.view(N, N, -1).permute(2, 0, 1)  # (H, N, N)
 
@@ -93,7 +92,7 @@ class WindowAttention(nn.Module):
         # attend() keeps the explicit softmax for CPU training with this learnable bias (SDPA's fused CPU kernel
         # cannot return its gradient and falls back to a slower composite); GPUs and inference keep SDPA.
         x, probs = attend(q, k, v, bias=bias, scale=self.scale, capture=self.capture_attn)  # (B*nW, H, N, Dh)
-        if probs is not None:
+        if not torch.jit.is_scripting() and probs is not None:  # capture is for eager models (vitlab.explain)
             self.attn_probs = probs.detach()  # (B*nW, H, N, N)
         return self.proj(x.transpose(1, 2).reshape(B_, N, C))
 
@@ -118,13 +117,13 @@ class SwinBlock(nn.Module):
         ws, s = self.window_size, self.shift_size
         x = pad_to_windows(x, ws)  # (B, Hp, Wp, C)
         Hp, Wp = x.shape[1], x.shape[2]
-        mask = None
-        if s:
+        mask: torch.Tensor | None = None
+        if s > 0:
             x = torch.roll(x, shifts=(-s, -s), dims=(1, 2))
             mask = shifted_window_mask(Hp, Wp, ws, s, device=x.device, dtype=x.dtype)  # (nW, N, N)
         windows = self.attn(window_partition(x, ws), mask)  # (B*nW, N, C)
         x = window_reverse(windows, ws, Hp, Wp)  # (B, Hp, Wp, C)
-        if s:
+        if s > 0:
             x = torch.roll(x, shifts=(s, s), dims=(1, 2))
         return crop_map(x, H, W)
 
@@ -156,10 +155,10 @@ class SwinStage(nn.Module):
             *[SwinBlock(cfg, dim, heads, resolution, shift=j % 2 == 1, drop_path=dpr[j]) for j in range(len(dpr))]
         )
 
-    def forward(self, x: torch.Tensor, run_block: Callable = call) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
         x = self.downsample(x)
         for blk in self.blocks:
-            x = run_block(blk, x)
+            x = checkpointed(blk, x) if grad_checkpointing and not torch.jit.is_scripting() else blk(x)
         return x
 
 
@@ -207,17 +206,17 @@ class SwinTransformer(ModelBase):
     def attention_layers(self) -> list[WindowAttention]:
         return [blk.attn for stage in self.layers for blk in stage.blocks]
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
+    def _forward_trunk(
+        self, x: torch.Tensor, take: list[int] | None = None, stop: int | None = None
+    ) -> tuple[torch.Tensor, list[Intermediate]]:
         x = self.patch_embed(x)
-        outs = []
-        for i, stage in enumerate(self.layers[: None if stop is None else stop + 1]):
-            x = stage(x, self.run_block)  # (B, H_i, W_i, C_i)
-            if i in take:
-                outs.append((x.flatten(1, 2), x.shape[1:3]))  # tokens (B, H_i*W_i, C_i)
+        outs: list[Intermediate] = []
+        for i, stage in enumerate(self.layers):
+            if stop is None or i <= stop:  # (TorchScript has no `break` in a loop over modules)
+                x = stage(x, self.grad_checkpointing)  # (B, H_i, W_i, C_i)
+                if take is not None and i in take:
+                    outs.append((x.flatten(1, 2), (x.shape[1], x.shape[2])))  # tokens (B, H_i*W_i, C_i)
         return (x if stop is not None else self.norm(x)), outs  # (B, H', W', C'); unnormalised when stopped early
-
-    def _num_intermediates(self) -> int:
-        return len(self.layers)
 
     def _final_norm(self) -> nn.Module:
         return self.norm
@@ -227,7 +226,7 @@ class SwinTransformer(ModelBase):
         return [dict(num_chs=c * 2**i, reduction=p * 2**i, module=f"layers.{i}") for i in range(len(self.layers))]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if not self.cfg.global_pool:
+        if self.global_pool == "":
             return x  # unpooled (B, H, W, C)
         x = x.mean(dim=(1, 2))  # global average pool over the token grid -> (B, C)
         return x if pre_logits else self.head.fc(x)

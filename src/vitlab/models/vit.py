@@ -11,14 +11,23 @@ in the official JAX code (timm uses a small normal for the token).
 
 from __future__ import annotations
 
-from collections.abc import Container
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vitlab.layers import Attention, DropPath, Mlp, PatchEmbed, resample_pos_embed, sincos_pos_embed_2d
-from vitlab.models.base import HALF, IMAGENET_MEAN, IMAGENET_STD, ImageModelConfig, ModelBase, make_head
+from vitlab.models.base import (
+    HALF,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImageModelConfig,
+    Intermediate,
+    ModelBase,
+    checkpointed,
+    make_head,
+    token_feature_info,
+)
 from vitlab.models.outputs import DistilledLogits
 from vitlab.registry import register_variants
 
@@ -97,6 +106,7 @@ class VisionTransformer(ModelBase):
         super().__init__(cfg, num_features=cfg.embed_dim)
         self.fixed_input_size = cfg.pos_embed != "none"  # a learned or sincos table fixes the grid (CPVT: any size)
         D = cfg.embed_dim
+        self.patch_size = cfg.patch_size
         self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled)
 
         self.patch_embed = self.make_patch_embed(cfg)
@@ -153,13 +163,17 @@ class VisionTransformer(ModelBase):
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         B = x.shape[0]
-        prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
+        prefix: list[torch.Tensor] = []
+        if self.cls_token is not None:
+            prefix.append(self.cls_token.expand(B, -1, -1))
+        if self.dist_token is not None:
+            prefix.append(self.dist_token.expand(B, -1, -1))
         x = torch.cat(prefix + [x], dim=1)  # (B, N, D), order [cls, dist, patches] as in DeiT
         return self.pos_drop(x if self.pos_embed is None else x + self.pos_embed)
 
     def _tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(tokens (B, N, D), patch grid (Hp, Wp))."""
-        p = self.cfg.patch_size
+        p = self.patch_size
         grid = (images.shape[-2] // p, images.shape[-1] // p)
         return self._pos_embed(self.patch_embed(images)), grid
 
@@ -167,33 +181,33 @@ class VisionTransformer(ModelBase):
         """Hook between blocks: nothing in ViT; CPVT's position generator after block 0."""
         return x
 
-    def _forward_trunk(self, x: torch.Tensor, take: Container[int] = (), stop: int | None = None) -> tuple:
+    def _forward_trunk(
+        self, x: torch.Tensor, take: list[int] | None = None, stop: int | None = None
+    ) -> tuple[torch.Tensor, list[Intermediate]]:
         x, grid = self._tokens(x)
-        outs = []
-        for i, blk in enumerate(self.blocks[: None if stop is None else stop + 1]):
-            x = self._after_block(i, self.run_block(blk, x), grid)
-            if i in take:
-                outs.append((x, grid))
+        outs: list[Intermediate] = []
+        for i, blk in enumerate(self.blocks):
+            if stop is None or i <= stop:  # (TorchScript has no `break` in a loop over modules)
+                x = checkpointed(blk, x) if self.grad_checkpointing and not torch.jit.is_scripting() else blk(x)
+                x = self._after_block(i, x, grid)
+                if take is not None and i in take:
+                    outs.append((x, grid))
         return (x if stop is not None else self.norm(x)), outs  # (B, N, D); unnormalised when stopped early
-
-    def _num_intermediates(self) -> int:
-        return len(self.blocks)
 
     def _final_norm(self) -> nn.Module | None:
         return None if self.cfg.fc_norm else self.norm
 
     def _feature_info(self) -> list[dict]:
-        r = self.cfg.patch_size
-        return [dict(num_chs=self.num_features, reduction=r, module=f"blocks.{i}") for i in range(len(self.blocks))]
+        return token_feature_info(len(self.blocks), self.num_features, self.patch_size)
 
     def _pool(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.global_pool == "avg":
+        if self.global_pool == "avg":
             return x[:, self.num_prefix_tokens :].mean(dim=1)
-        return x[:, 0] if self.cfg.global_pool == "token" else x  # "": every token (B, N, D)
+        return x[:, 0] if self.global_pool == "token" else x  # "": every token (B, N, D)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         feats = self.head_drop(self.fc_norm(self._pool(x)))
-        if pre_logits or not self.cfg.global_pool:
+        if pre_logits or self.global_pool == "":
             return feats
         if self.head_dist is None:
             return self.head(feats)

@@ -12,13 +12,13 @@ from vitlab.fx import notrace
 def pad_to_windows(x: torch.Tensor, ws: int) -> torch.Tensor:
     """(B, H, W, C) zero-padded at the bottom and right to multiples of ws (HF's rule); x itself when it fits."""
     pad_h, pad_w = -x.shape[1] % ws, -x.shape[2] % ws
-    return F.pad(x, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else x  # F.pad copies even when it adds nothing
+    return F.pad(x, (0, 0, 0, pad_w, 0, pad_h)) if pad_h > 0 or pad_w > 0 else x  # F.pad copies even a no-op
 
 
 @notrace
 def crop_map(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     """(B, Hp, Wp, C) -> (B, H, W, C): the padding `pad_to_windows` added cut off; x itself when there was none."""
-    return x[:, :H, :W] if x.shape[1:3] != (H, W) else x
+    return x[:, :H, :W] if x.shape[1] != H or x.shape[2] != W else x
 
 
 def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
@@ -44,7 +44,7 @@ def relative_position_index(ws: int) -> torch.Tensor:
 
 @notrace  # the regions depend on the map size
 def shifted_window_mask(
-    H: int, W: int, ws: int, shift: int, device=None, dtype: torch.dtype = torch.float32
+    H: int, W: int, ws: int, shift: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """(nW, N, N) additive mask for a map rolled by -shift: -100 between tokens of different regions, else 0.
 
@@ -53,9 +53,9 @@ def shifted_window_mask(
     """
     img = torch.zeros(1, H, W, 1, device=device)
     label = 0
-    for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-        for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-            img[:, hs, wsl] = label
+    for h0, h1 in ((0, H - ws), (H - ws, H - shift), (H - shift, H)):
+        for w0, w1 in ((0, W - ws), (W - ws, W - shift), (W - shift, W)):
+            img[:, h0:h1, w0:w1] = label
             label += 1
     ids = window_partition(img, ws).squeeze(-1)  # (nW, N)
     diff = ids[:, None, :] != ids[:, :, None]  # (nW, N, N)
