@@ -13,6 +13,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import torch
 from torch import nn
 
 import vitlab.models  # noqa: F401  (importing the families registers their variants)
@@ -156,6 +157,16 @@ def _from_pretrained(entry: ModelEntry, ckpt: Pretrained, user: dict) -> nn.Modu
     kwargs = {**_fit_arch(ckpt, entry), **user}
     if len(kwargs.get("labels", [])) not in (0, kwargs.get("num_classes", -1)):
         kwargs["labels"] = []  # a new head: the checkpoint's class names no longer apply
+    # Sizes only, on the meta device: a config that does not fit the file's tensors (metadata claiming depth=48 beside
+    # a few small tensors) is refused before its weights are allocated.
+    with torch.device("meta"):
+        probe = build_model(entry, kwargs)
+    try:
+        fit_state(probe, ckpt)
+    except CheckpointError as e:
+        implied = sum(v.numel() for v in probe.state_dict().values())
+        held = sum(v.numel() for v in ckpt.state.values())
+        raise CheckpointError(f"{e} (the config implies {implied:,} values, the file holds {held:,})") from None
     model = build_model(entry, kwargs)
     load_pretrained_into(model, ckpt)
     return model
@@ -179,6 +190,30 @@ def load_pretrained_into(model: nn.Module, ckpt: Pretrained) -> None:
     feature-extractor files, transformers' `ViTModel`), leaves the model's own freshly initialised head in place,
     with one warning, as timm does. Any other key missing, unexpected or of another shape is an error naming it.
     """
+    state, reset, new = fit_state(model, ckpt)
+    num_classes = getattr(model, "num_classes", -1)
+    if reset:
+        log.warning(
+            "%s: classifier %s does not fit this model's %d classes; it is re-initialised (train it before use)",
+            ckpt.source,
+            ", ".join(reset),
+            num_classes,
+        )
+        for k in reset:
+            del state[k]
+    if new:
+        log.warning(
+            "%s has no classifier (%s): a new head for %d classes is initialised (train it before use)",
+            ckpt.source,
+            ", ".join(new),
+            num_classes,
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def fit_state(model: nn.Module, ckpt: Pretrained) -> tuple[dict, list[str], list[str]]:
+    """(the checkpoint's state adapted to `model`, classifier keys to re-initialise, classifier keys it lacks), or a
+    CheckpointError naming every other key that is missing, unexpected or of another shape. Reads shapes only."""
     state = dict(ckpt.state)
     if hasattr(model, "adapt_state_dict"):
         state = model.adapt_state_dict(state)
@@ -211,21 +246,4 @@ def load_pretrained_into(model: nn.Module, ckpt: Pretrained) -> None:
                 parts.append(f"{label} ({len(items)}): " + "; ".join(items[:8]) + more)
         name = getattr(model, "model_name", type(model).__name__)
         raise CheckpointError(f"{ckpt.source} ({ckpt.fmt} format) does not fit {name}: " + " | ".join(parts))
-    num_classes = getattr(model, "num_classes", -1)
-    if reset:
-        log.warning(
-            "%s: classifier %s does not fit this model's %d classes; it is re-initialised (train it before use)",
-            ckpt.source,
-            ", ".join(reset),
-            num_classes,
-        )
-        for k in reset:
-            del state[k]
-    if new:
-        log.warning(
-            "%s has no classifier (%s): a new head for %d classes is initialised (train it before use)",
-            ckpt.source,
-            ", ".join(new),
-            num_classes,
-        )
-    model.load_state_dict(state, strict=False)
+    return state, reset, new

@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     names = list_models(args.models) if any(c in args.models for c in "*?[") else [get_entry(args.models).name]
     if not names:
         raise ConfigError(f"--models {args.models!r} matches no registered model")
+    for flag, v in (("--batch-size", args.batch_size), ("--img-size", args.img_size)):
+        if v is not None and v < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {v}")
     if args.reps < 1 or args.iters < 1:
         raise ConfigError(f"--reps and --iters take positive integers, got {args.reps} and {args.iters}")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]

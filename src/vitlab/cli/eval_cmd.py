@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 
 def add_parser(sub, argv: list[str]) -> None:
@@ -25,10 +26,16 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
     from vitlab.cli.common import checkpoint_task, load_model
+    from vitlab.cli.text import printable
     from vitlab.engine.evaluators import evaluate
     from vitlab.engine.tasks import get_task
     from vitlab.engine.trainer import resolve_device
+    from vitlab.errors import CheckpointError, ConfigError
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 < args.test_fraction < 1:  # also refuses nan
+        raise ConfigError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
     device = resolve_device(args.device)
     task = get_task(args.task or checkpoint_task(args.checkpoint) or "classification").for_evaluation()
     tcfg = task.config_cls()
@@ -36,12 +43,30 @@ def run(args: argparse.Namespace) -> int:
     data = args.data or task.default_data
     splits = task.load_data(data, args.test_fraction, tcfg)
     task.check_model(model, splits, f"--data {data}")
+    _check_finite_weights(model, args.checkpoint)
     _, test_set = task.datasets(splits, model, augment=False)
     evaluator = task.build_evaluator(splits, tcfg)
     r = evaluate(
         model, DataLoader(test_set, args.batch_size, collate_fn=task.collate), evaluator, device, progress=True
     )
-    print(f"{args.checkpoint} on {data} ({r.count} test samples, task {task.name})")
+    nan = [evaluator.label(k) for k, v in r.metrics.items() if math.isnan(v)]
+    if nan:  # finite weights can still overflow: a NaN is not a score
+        raise CheckpointError(
+            f"--checkpoint {args.checkpoint}: the model outputs NaN on --data {data} ({', '.join(nan)} is NaN)"
+        )
+    print(printable(f"{args.checkpoint} on {data} ({r.count} test samples, task {task.name})"))
     for line in task.summary_lines(r, evaluator, splits):
-        print(line)
+        print(printable(line))  # class names are folder names: whatever bytes the data set's author chose
     return 0
+
+
+def _check_finite_weights(model, checkpoint: str) -> None:
+    import torch
+
+    from vitlab.errors import CheckpointError
+
+    for name, v in model.state_dict().items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise CheckpointError(
+                f"--checkpoint {checkpoint}: weight {name} holds NaN or infinite values; the model outputs NaN"
+            )

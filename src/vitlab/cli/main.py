@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except VitlabError as e:
-        print(f"vitlab {args.command}: error: {e}", file=sys.stderr)
+        from vitlab.cli.text import printable
+
+        print(f"vitlab {args.command}: error: {printable(e)}", file=sys.stderr)  # one line, whatever a file held
         return 2
     except KeyboardInterrupt:
         print(f"vitlab {args.command}: interrupted", file=sys.stderr)

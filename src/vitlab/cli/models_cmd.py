@@ -14,9 +14,12 @@ def add_parser(sub, argv: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitlab.errors import ConfigError
     from vitlab.profiling import model_stats
     from vitlab.registry import list_models
 
+    if args.img_size is not None and args.img_size < 1:
+        raise ConfigError(f"--img-size must be >= 1, got {args.img_size}")
     names = list_models(args.pattern)
     if not names:
         print(f"no model matches {args.pattern!r}")

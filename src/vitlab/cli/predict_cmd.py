@@ -1,7 +1,8 @@
 """`vitlab predict IMAGE...`: the top-5 labels of each image.
 
-On a CPU the model runs as its `optimize_for_cpu_inference` copy (packed linear weights; the same probabilities up to
-float32 rounding) unless `--no-optimize` is given.
+Every file is checked before any output; the images then run through the model in batches of `--batch-size`, so
+memory stays flat however many files are given. On a CPU the model runs as its `optimize_for_cpu_inference` copy
+(packed linear weights; the same probabilities up to float32 rounding) unless `--no-optimize` is given.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ def add_parser(sub, argv: list[str]) -> None:
     p = sub.add_parser("predict", help="classify image files and print the top-k labels")
     p.add_argument("images", nargs="+", help="image files (png, jpg, ...)")
     add_checkpoint_args(p)
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=int, default=5, help="labels printed per image")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument(
         "--optimize",
         action=argparse.BooleanOptionalAction,
@@ -29,24 +31,35 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vitlab.cli.common import load_model
+    from vitlab.cli.text import printable
     from vitlab.data import ImageTransform, read_image
+    from vitlab.data.datasets import check_image
     from vitlab.engine.trainer import resolve_device
+    from vitlab.errors import ConfigError
     from vitlab.runtime import optimize_for_cpu_inference
 
+    for flag, v in (("--topk", args.topk), ("--batch-size", args.batch_size)):
+        if v < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {v}")
+    for path in args.images:  # every file is decoded once before any output: a bad one is reported first
+        check_image(path)
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, args.model).to(device).eval()
     tf = ImageTransform.for_model(model)  # timm's eval crop, read before the model is repacked
     if args.optimize and device.type == "cpu":
         model = optimize_for_cpu_inference(model)  # the plain model is let go: one set of weights stays
-    cfg = model.cfg
-    images = [tf(read_image(p)) for p in args.images]  # every file is read before any output
-    labels = cfg.labels or [str(i) for i in range(model.num_classes)]
-    with torch.no_grad():
-        probs = model(torch.stack(images).to(device)).float().softmax(dim=-1)
-    k = min(args.topk, probs.shape[-1])
-    for path, p in zip(args.images, probs, strict=True):
-        top = p.topk(k)
-        print(path)
-        for score, idx in zip(top.values.tolist(), top.indices.tolist(), strict=True):
-            print(f"  {labels[idx]:<20} {score:.4f}")
+    if not model.num_classes:
+        raise ConfigError(f"--checkpoint {args.checkpoint} has no classifier (num_classes=0): nothing to predict")
+    labels = [printable(c) for c in model.cfg.labels] or [str(i) for i in range(model.num_classes)]
+    k = min(args.topk, len(labels))
+    for start in range(0, len(args.images), args.batch_size):
+        paths = args.images[start : start + args.batch_size]
+        with torch.no_grad():
+            x = torch.stack([tf(read_image(p)) for p in paths]).to(device)
+            probs = model(x).float().softmax(dim=-1)
+        for path, p in zip(paths, probs, strict=True):
+            top = p.topk(k)
+            print(printable(path))
+            for score, idx in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                print(f"  {labels[idx]:<20} {score:.4f}")
     return 0

@@ -33,9 +33,14 @@ def add_parser(sub, argv: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from vitlab.errors import ConfigError
     from vitlab.registry import get_entry
     from vitlab.scaling import attention_memory, flops_scaling, flops_table, memory_table, plot_scaling
 
+    if args.dim < 1 or args.heads < 1 or args.dim % args.heads:
+        raise ConfigError(
+            f"--dim must be a positive multiple of --heads (>= 1), got --dim {args.dim} --heads {args.heads}"
+        )
     tokens = _ints(args.tokens, "--tokens")
     sizes = _ints(args.img_sizes, "--img-sizes")
     models = [get_entry(m.strip()).name for m in args.models.split(",") if m.strip()]

@@ -45,6 +45,8 @@ def load_data(spec: str, test_fraction: float = 0.2) -> DataSplits:
     root = Path(spec)
     if not root.exists():
         raise DataError(f"--data {spec!r}: not a directory and not one of digits, cifar10:DIR, cifar100:DIR, mnist:DIR")
+    if not root.is_dir():
+        raise DataError(f"--data {spec}: is a file, not a directory (expected ROOT/CLASS/IMAGE, or cifar10:DIR, ...)")
     split_dirs = [root / n for n in ("val", "test") if (root / n).is_dir()]
     if (root / "train").is_dir() and split_dirs:
         train, test = ImageFolder(root / "train"), ImageFolder(split_dirs[0])

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +55,7 @@ class ImageFolder(Dataset):
         if samples is not None:
             self.samples, self.classes = samples, classes
             return
-        if not self.root.is_dir():
-            raise DataError(f"data directory {self.root} does not exist")
+        _check_dir(self.root)
         self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not self.classes:
             raise DataError(f"data directory {self.root} has no class sub-directories (expected ROOT/CLASS/IMAGE)")
@@ -84,24 +85,68 @@ class ImageFolder(Dataset):
         return [label for _, label in self.samples]
 
 
-def check_image(path: Path) -> None:
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+# What a failed decode raises: PIL's own errors, OSError for truncated data, the decompression-bomb guard (as an
+# error, and its warning made one below), ValueError/SyntaxError from some plugins.
+_IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
+
+def check_image(path: str | Path) -> None:
+    """Decode `path` completely (PIL's `verify()` does not decode JPEG data), or one DataError naming it."""
+    _decode(path, to_uint8)
 
 
 def read_image(path: str | Path) -> torch.Tensor:
-    """uint8 (C, H, W) with C = 1 (grey) or 3 (RGB): palette, alpha and 16-bit images are converted."""
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L") if im.mode in ("1", "L", "I;16", "I") else im.convert("RGB")
-            arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+    """uint8 (C, H, W) with C = 1 (grey) or 3 (RGB): palette, alpha, 1-bit, 16-bit, 32-bit and float images are
+    converted (`to_uint8`), alpha dropped."""
+    arr = _decode(path, to_uint8)
     t = torch.from_numpy(arr.copy())
     return t[None] if t.ndim == 2 else t.permute(2, 0, 1)  # (C, H, W)
+
+
+def _decode(path: str | Path, convert):
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"cannot read image {path}: it is a directory")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return convert(im)
+    except Image.DecompressionBombWarning as e:
+        raise DataError(f"refusing image {path}: {e}") from None
+    except Image.DecompressionBombError as e:
+        raise DataError(f"refusing image {path}: {e}") from None
+    except _IMAGE_ERRORS as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
+_GREY_MODES = ("1", "L", "LA", "La", "I", "F") + tuple(m for m in Image.MODES if m.startswith("I;16"))
+
+
+def to_uint8(im: Image.Image) -> np.ndarray:
+    """(H, W) grey or (H, W, 3) RGB uint8 array of a decoded PIL image, its levels scaled, never clipped.
+
+    PIL's convert("L") clips 16- and 32-bit grey levels at 255 (most of a 16-bit image turns white), so these are
+    scaled here: I;16 by 255/65535; I (32-bit integers) the same when its values fit 16 bits, as is when they fit
+    8 bits, else by its range; F (float) by 255 when its values lie in [0, 1], else by its range.
+    """
+    mode = im.mode
+    if mode not in _GREY_MODES:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)  # P, PA, RGBA, CMYK, YCbCr, ...: PIL's own rules
+    if mode in ("1", "L", "LA", "La"):
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+    a = np.asarray(im).astype(np.float64)
+    if not np.isfinite(a).all():
+        raise ValueError(f"mode {mode} image holds NaN or infinite values")
+    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and 255 < hi <= 65535):
+        a = a * (255 / 65535)
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        a = a * 255
+    elif not (lo >= 0 and hi <= 255) or mode == "F":  # beyond 8 or 16 bits, or float levels: stretch the range
+        a = (a - lo) * (255 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.round(a).clip(0, 255).astype(np.uint8)
 
 
 def stratified_split(targets: list[int], test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -149,15 +194,21 @@ def _load_batch(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             return _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise DataError(f"cannot read CIFAR batch {path}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+        raise DataError(f"cannot read CIFAR batch {path}: {e or type(e).__name__}") from None
+
+
+def _check_dir(root: Path) -> None:
+    if root.is_file():
+        raise DataError(f"data directory {root} is a file; --data takes a directory (ROOT/CLASS/IMAGE)")
+    if not root.is_dir():
+        raise DataError(f"data directory {root} does not exist")
 
 
 def _cifar_root(root: Path, folder: str) -> Path:
     if (root / folder).is_dir():
         return root / folder
-    if not root.is_dir():
-        raise DataError(f"data directory {root} does not exist")
+    _check_dir(root)
     return root
 
 
@@ -172,19 +223,47 @@ def load_cifar(root: str | Path, which: int) -> tuple[ArrayDataset, ArrayDataset
         base = _cifar_root(root, "cifar-100-python")
         train_files, test_files = ["train"], ["test"]
         label_key, meta_file, names_key = "fine_labels", "meta", "fine_label_names"
-    classes = [str(c) for c in _load_batch(base / meta_file)[names_key]]
+    meta = _load_batch(base / meta_file)
+    if not isinstance(meta, dict) or not isinstance(meta.get(names_key), list | tuple) or not meta[names_key]:
+        raise DataError(f"CIFAR meta file {base / meta_file} lacks the list of class names {names_key!r}")
+    classes = [str(c) for c in meta[names_key]]
 
     def read(files: list[str]) -> ArrayDataset:
         xs, ys = [], []
         for name in files:
-            batch = _load_batch(base / name)
-            if "data" not in batch or label_key not in batch:
-                raise DataError(f"CIFAR batch {base / name} lacks 'data' or {label_key!r}")
-            xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch[label_key], dtype=np.int64))
+            x, y = _cifar_arrays(base / name, _load_batch(base / name), label_key, len(classes))
+            xs.append(x)
+            ys.append(y)
         return ArrayDataset(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)), classes)
 
     return read(train_files), read(test_files)
+
+
+def _cifar_arrays(path: Path, batch, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) and labels (N,) of one CIFAR batch, every size and label checked."""
+    if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:
+        raise DataError(f"CIFAR batch {path} lacks 'data' or {label_key!r}")
+    data = np.asarray(batch["data"])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"CIFAR batch {path}: 'data' must be uint8 (N, 3072), found {data.dtype} {data.shape}")
+    labels = np.asarray(batch[label_key])
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(
+            f"CIFAR batch {path}: {label_key!r} must be a list of integers, found {labels.dtype} {labels.shape}"
+        )
+    if len(labels) != len(data):
+        raise DataError(f"CIFAR batch {path} has {len(data)} images but {len(labels)} labels")
+    _check_labels(path, labels, num_classes)
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        where = int(np.flatnonzero((labels < 0) | (labels >= num_classes))[0])
+        raise DataError(
+            f"{path}: label {int(bad[0])} (sample {where}) is outside 0..{num_classes - 1} ({bad.size} such label(s))"
+        )
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -195,11 +274,16 @@ def _read_idx(path: Path) -> np.ndarray:
     else:
         raise DataError(f"MNIST file {path} (or {path.name}.gz) is missing")
     opener = gzip.open if candidate.suffix == ".gz" else open
-    with opener(candidate, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(candidate, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a cut-off one, EOFError
+        raise DataError(f"cannot read MNIST file {candidate}: {e or type(e).__name__}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise DataError(f"{candidate} is not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{candidate}: the header is cut short ({ndim} dimensions announced, {len(raw)} bytes)")
     dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
@@ -209,15 +293,19 @@ def _read_idx(path: Path) -> np.ndarray:
 
 def load_mnist(root: str | Path) -> tuple[ArrayDataset, ArrayDataset]:
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data directory {root} does not exist")
+    _check_dir(root)
     classes = [str(i) for i in range(10)]
 
     def read(prefix: str) -> ArrayDataset:
-        x = _read_idx(root / f"{prefix}-images-idx3-ubyte")
-        y = _read_idx(root / f"{prefix}-labels-idx1-ubyte")
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"{root}: {prefix} images {x.shape} and labels {y.shape} do not match")
+        x_file, y_file = root / f"{prefix}-images-idx3-ubyte", root / f"{prefix}-labels-idx1-ubyte"
+        x, y = _read_idx(x_file), _read_idx(y_file)
+        if x.ndim != 3:
+            raise DataError(f"{x_file}: expected images (N, H, W), found shape {x.shape}")
+        if y.ndim != 1:
+            raise DataError(f"{y_file}: expected labels (N,), found shape {y.shape}")
+        if len(x) != len(y):
+            raise DataError(f"{x_file} has {len(x)} images but {y_file} has {len(y)} labels")
+        _check_labels(y_file, y, len(classes))
         return ArrayDataset(torch.from_numpy(x.copy())[:, None], torch.from_numpy(y.astype(np.int64)), classes)
 
     return read("train"), read("t10k")

@@ -6,6 +6,7 @@ What a task needs beyond these (label smoothing, a teacher, ...) lives in that t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from vitlab.errors import ConfigError
@@ -51,14 +52,49 @@ class TrainConfig:
     task_cfg: object = field(default=None, metadata={"cli": False})  # the task's config; None = its defaults
 
     def __post_init__(self) -> None:
-        for flag, v in (("epochs", self.epochs), ("batch_size", self.batch_size), ("accum_steps", self.accum_steps)):
+        for name, v in (("epochs", self.epochs), ("batch_size", self.batch_size), ("accum_steps", self.accum_steps)):
             if v < 1:
-                raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
+                raise ConfigError(f"{flag(name)} must be >= 1, got {v}")
+        for name in [
+            "lr",
+            "min_lr",
+            "warmup_epochs",
+            "weight_decay",
+            "ema_decay",
+            "test_fraction",
+            "drop_path",
+            "clip_grad",
+        ]:
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):  # nan passes every comparison below
+                raise ConfigError(f"{flag(name)} must be a finite number, got {v}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ConfigError(f"--min-lr must be between 0 and --lr ({self.lr}), got {self.min_lr}")
+        for name in ("warmup_epochs", "weight_decay", "workers", "seed"):  # numpy's generators refuse negative seeds
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{flag(name)} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"--test-fraction must be in (0, 1), got {self.test_fraction}")
-        if self.unfreeze_epoch is not None and not self.freeze_backbone:
-            raise ConfigError("--unfreeze-epoch needs --freeze-backbone")
+        if not 0 < self.ema_decay < 1:
+            raise ConfigError(f"--ema-decay must be in (0, 1), got {self.ema_decay}")
+        if self.drop_path is not None and not 0 <= self.drop_path < 1:
+            raise ConfigError(f"--drop-path must be in [0, 1), got {self.drop_path}")
+        for name in ("img_size", "stop_after"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"{flag(name)} must be >= 1, got {v}")
+        if self.unfreeze_epoch is not None:
+            if not self.freeze_backbone:
+                raise ConfigError("--unfreeze-epoch needs --freeze-backbone")
+            if not 1 <= self.unfreeze_epoch <= self.epochs:
+                raise ConfigError(f"--unfreeze-epoch must be an epoch from 1 to --epochs ({self.epochs}), "
+                                  f"got {self.unfreeze_epoch}")  # fmt: skip
         if self.clip_grad is not None and self.clip_grad < 0:
             raise ConfigError(f"--clip-grad must be >= 0 (0 = off), got {self.clip_grad}")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a config field: `min_lr` -> `--min-lr`."""
+    return "--" + name.replace("_", "-")

@@ -15,6 +15,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vitlab.errors import CheckpointError
 from vitlab.weights.io import atomic_write
 
 
@@ -37,9 +38,30 @@ def save_figure(fig: Figure, path: Path) -> None:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl, one per epoch; [] when absent.
+
+    A torn last line (a crash mid-append: the epoch's checkpoint was never written, so that epoch runs again) is
+    dropped; any other line that is not a JSON object with an integer "epoch" is an error naming the file and line.
+    """
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    rows = []
+    numbered = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
+    for k, (i, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not (isinstance(row, dict) and isinstance(row.get("epoch"), int)):
+            if k == len(numbered) - 1 and row is None:
+                break  # torn by a crash while it was appended
+            raise CheckpointError(f"{path}: line {i} is not a metrics row (a JSON object with an integer epoch)")
+        rows.append(row)
+    return rows
 
 
 def table(header: tuple[str, str], rows: list[tuple]) -> list[str]:

@@ -89,6 +89,9 @@ def load_run_state(
         state = json.loads(state_file.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"--resume: {state_file} is not valid JSON ({e})") from None
+    missing = [k for k in ("epoch", "optimizer", "scheduler") if not isinstance(state, dict) or k not in state]
+    if missing or not isinstance(state["epoch"], int):
+        raise CheckpointError(f"--resume: {state_file} lacks {', '.join(missing) or 'an integer epoch'}; it is damaged")
     epoch = state["epoch"]
     weights, meta = read_tensors(out / CHECKPOINT_FILE)
     train, tmeta = read_tensors(out / TRAIN_STATE)

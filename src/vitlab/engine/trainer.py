@@ -40,7 +40,7 @@ from vitlab.engine.report import curves_section, read_metrics, write_report
 from vitlab.engine.rundir import RunLock, check_out, clear_run, has_completed_epoch, is_run
 from vitlab.engine.sharding import full_state, shard_model
 from vitlab.engine.state import BEST_FILE, load_run_state, save_run_state
-from vitlab.engine.tasks import Task, get_task
+from vitlab.engine.tasks import TASKS, Task, get_task
 from vitlab.errors import CheckpointError, ConfigError
 from vitlab.factory import create_model
 from vitlab.methods import Method, weighted_loss
@@ -120,18 +120,36 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
 
 
 # ----- configuration ----------------------------------------------------------------------------------------------
-def config_from_json(saved: dict) -> TrainConfig:
-    """The TrainConfig a run directory's config.json describes (also the flat layout of runs before tasks)."""
+def config_from_json(saved: dict, source: str = "config.json") -> TrainConfig:
+    """The TrainConfig a run directory's config.json describes (also the flat layout of runs before tasks).
+
+    Anything that does not make a valid config (not an object, an unknown task or field, a value out of range) is a
+    CheckpointError naming `source` and the key.
+    """
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{source}: expected a JSON object of config fields, found {type(saved).__name__}")
     saved = dict(saved)
-    task = get_task(saved.pop("task", None) or ("distillation" if saved.get("teacher") else "classification"))
+    task_name = saved.pop("task", None) or ("distillation" if saved.get("teacher") else "classification")
+    if task_name not in TASKS:
+        raise CheckpointError(f"{source}: task {task_name!r} is not one of {', '.join(TASKS)}")
+    task = get_task(task_name)
     task_fields = {f.name for f in dataclasses.fields(task.config_cls)}
-    task_values = dict(saved.pop("task_cfg", None) or {})
+    task_values = saved.pop("task_cfg", None) or {}
+    if not isinstance(task_values, dict):
+        raise CheckpointError(f"{source}: task_cfg must be a JSON object, found {type(task_values).__name__}")
+    task_values = dict(task_values)
     task_values.update({k: saved.pop(k) for k in list(saved) if k in task_fields})
+    unknown = sorted(set(task_values) - task_fields)
+    if unknown:
+        raise CheckpointError(f"{source}: unknown task_cfg field(s) {', '.join(unknown)} for task {task.name}")
     run_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(saved) - run_fields)
     if unknown:
-        raise CheckpointError(f"config.json: unknown field(s) {', '.join(unknown)}")
-    return TrainConfig(**saved, task=task.name, task_cfg=task.config_cls(**task_values))
+        raise CheckpointError(f"{source}: unknown field(s) {', '.join(unknown)}")
+    try:
+        return TrainConfig(**saved, task=task.name, task_cfg=task.config_cls(**task_values))
+    except (ConfigError, TypeError) as e:  # the flags' own checks, or a value of the wrong type
+        raise CheckpointError(f"{source}: {e}") from None
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:

@@ -45,6 +45,19 @@ class ImageModelConfig:
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         if self.global_pool == "" and self.num_classes:
             raise ValueError(f"global_pool='' gives unpooled features: it needs num_classes=0, not {self.num_classes}")
+        if not (isinstance(self.num_classes, int) and self.num_classes >= 0):
+            raise ValueError(f"num_classes must be >= 0 (0: no head), got {self.num_classes!r}")
+        # The shared size vocabulary, checked once for every family that has it: a zero or negative size would
+        # otherwise surface as a cryptic error deep in a layer, or as a model with no blocks.
+        sizes = {"img_size", "in_chans", "patch_size", "embed_dim", "depth", "num_heads", "depths"}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            values = v if isinstance(v, tuple) else (v,)
+            if f.name in sizes and not all(isinstance(n, int) and n >= 1 for n in values):
+                what = "positive integers" if isinstance(v, tuple) else "a positive integer"
+                raise ValueError(f"{f.name} must be {what}, got {v!r}")
+        if len(self.mean) != len(self.std) or not all(s > 0 for s in self.std):
+            raise ValueError(f"mean {self.mean} and std {self.std} need one value per channel and std > 0")
 
     def test_overrides(self) -> dict:
         """Settings for the contract tests: this architecture with its widths kept, depth and input shrunk so it runs
@@ -278,11 +291,33 @@ def init_trunc_normal(m: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
-@notrace  # a check on sizes: one opaque call in a traced graph
+@notrace  # a check on sizes and types: one opaque call in a traced graph
 def check_images(x: torch.Tensor, in_chans: int) -> None:
-    """One clear error for a batch of the wrong rank or channel count, before any layer sees it."""
+    """One clear error for input a model cannot take, before any layer sees it: not a tensor (numpy), not floating
+    point (uint8 pixels), float64 beside float32 weights, or the wrong rank or channel count.
+
+    The model's dtype is not known here: float16/bfloat16 pass (half models, autocast), float64 only when it is torch's
+    default dtype (then models are built in float64). TorchScript checks the shape only (its types are static).
+    """
+    if not torch.jit.is_scripting():
+        _check_image_type(x, in_chans)
     if x.ndim != 4 or x.shape[1] != in_chans:
         raise ValueError(f"expected images of shape (B, {in_chans}, H, W), got {shape_text(x)}")
+
+
+def _check_image_type(x, in_chans: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"expected images as a torch.Tensor (B, {in_chans}, H, W), got {type(x).__name__}; "
+            "convert with torch.from_numpy(x) or torch.as_tensor(x)"
+        )
+    if not x.is_floating_point():
+        raise TypeError(
+            f"expected floating-point images (normalised float32), got {x.dtype}; pixels go through "
+            "vitlab.data.ImageTransform.for_model(model), or x.float() / 255 and the model's mean/std"
+        )
+    if x.dtype == torch.float64 and torch.get_default_dtype() != torch.float64:
+        raise TypeError("expected float32 images (the model's weights), got torch.float64; convert with x.float()")
 
 
 def token_feature_info(depth: int, width: int, patch_size: int) -> list[dict]:

@@ -35,6 +35,8 @@ class ResNetConfig(ImageModelConfig):
         super().__post_init__()
         if self.block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+        if not all(n >= 1 for n in self.layers):
+            raise ValueError(f"layers (blocks per stage) must be positive, got {self.layers}")
 
     def test_overrides(self) -> dict:
         return dict(layers=(1,) * len(self.layers), img_size=64)

@@ -102,7 +102,7 @@ def read_pretrained(src: str | Path) -> Pretrained:
 def _existing(src: str) -> Path:
     path = Path(src).expanduser()
     if not path.exists():
-        raise CheckpointError(f"pretrained checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} is missing (the path does not exist)")
     return path
 
 
@@ -127,6 +127,11 @@ def _read_hf_config(path: Path) -> dict:
 
 def _hf_converter(config: dict, config_file: Path) -> HfConverter:
     model_type = config.get("model_type")
+    if model_type is None and "model" in config and "epochs" in config:  # a vitlab run's own config.json
+        raise CheckpointError(
+            f"{config_file.parent} is a vitlab run directory without {CHECKPOINT_FILE}: no epoch has completed, "
+            "or the file was removed"
+        )
     conv = find_by_model_type(model_type)
     if conv is None:
         raise CheckpointError(f"{config_file}: model_type={model_type!r} is not a format vitlab reads")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,49 +15,64 @@ from safetensors.torch import load_file, save_file
 from vitlab.errors import CheckpointError
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"  # how torch.save's files begin (zip; legacy: pickle protocol 2+)
 
 
 def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(state dict, metadata) from a .safetensors file or a weights-only pickle. Never executes code."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    path = _checkpoint_file(path)
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), "pt") as f:
                 meta = f.metadata() or {}
             return load_file(str(path)), meta
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
+            raise CheckpointError(f"cannot read {path}: not a checkpoint (not a safetensors file: {e})") from None
     if path.suffix not in PICKLE_SUFFIXES:
         raise CheckpointError(
             f"unsupported checkpoint file {path}: expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}"
         )
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):  # torch.save writes a zip; its legacy format, a pickle
+        raise CheckpointError(f"{path} is not a checkpoint (not a PyTorch or safetensors file)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it may not read: the error says more
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # torch's message advises re-running with weights_only=False, which would run the file's code: not quoted.
+        detail = str(e).partition("WeightsUnpickler error:")[2].strip().split("\n")[0].strip()
         raise CheckpointError(
-            f"refusing to load {path}: it holds pickled objects other than tensors, which could execute code "
-            f"(loaded with weights_only=True: {first})"
+            f"refusing to load {path}: it holds pickled objects other than tensors, which could execute code"
+            + (f" ({detail})" if detail else "")
+            + "; re-save the weights alone (torch.save(model.state_dict(), ...) or safetensors) from a trusted copy"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().split(". ")[0] or type(e).__name__
+        raise CheckpointError(f"cannot read {path}: a damaged or truncated PyTorch file ({first})") from None
     return _unwrap_state_dict(obj, path), {}
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """A .safetensors file's metadata without reading its tensors; {} for pickles, which carry none."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist or is not a file")
+    path = _checkpoint_file(path)
     if path.suffix != ".safetensors":
         return {}
     try:
         with safe_open(str(path), "pt") as f:
             return f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
+        raise CheckpointError(f"cannot read {path}: not a checkpoint (not a safetensors file: {e})") from None
+
+
+def _checkpoint_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} is missing (the path does not exist)")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file")
+    return path
 
 
 def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:

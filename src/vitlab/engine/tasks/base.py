@@ -78,7 +78,16 @@ class ClassifierTask(Task):
         return {"num_classes": len(splits.classes), "labels": list(splits.classes)}
 
     def check_model(self, model: nn.Module, splits: DataSplits, where: str) -> None:
+        """The head must have one logit per class of the data, and where the checkpoint names its classes, the same
+        names in the same order: index i must mean the same class to both, or every metric is a silent lie."""
         if getattr(model, "num_classes", None) != len(splits.classes):
             raise ConfigError(
                 f"{where} has {len(splits.classes)} classes but the checkpoint's head has {model.num_classes}"
+            )
+        labels = list(getattr(model.cfg, "labels", ()) or ())
+        if labels and labels != list(splits.classes):
+            order = " (the same names in another order)" if sorted(labels) == sorted(splits.classes) else ""
+            raise ConfigError(
+                f"{where} has classes {', '.join(splits.classes)} but the checkpoint was trained on "
+                f"{', '.join(labels)}{order}; evaluate on data with the checkpoint's classes"
             )

@@ -11,10 +11,10 @@ from vitlab.data import DataSplits, load_data
 from vitlab.engine.evaluators import ClassificationEvaluator, ClassificationResult
 from vitlab.engine.report import Section, new_figure, table
 from vitlab.engine.tasks.base import ClassifierTask, Task, TaskConfig
-from vitlab.errors import ConfigError
-from vitlab.factory import create_model, load_checkpoint
+from vitlab.errors import ConfigError, DataError
+from vitlab.factory import create_model, fit_state, load_checkpoint
 from vitlab.methods import Distillation, Supervised
-from vitlab.weights import checkpoint_model_name
+from vitlab.weights import checkpoint_model_name, read_pretrained
 
 
 def _f(default, help: str):
@@ -31,8 +31,8 @@ class ClassificationConfig(TaskConfig):
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         for flag, v in (("--mixup", self.mixup), ("--cutmix", self.cutmix)):
-            if v < 0:
-                raise ConfigError(f"{flag} must be >= 0, got {v}")
+            if not (math.isfinite(v) and v >= 0):
+                raise ConfigError(f"{flag} must be >= 0 (0 = off), got {v}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,10 @@ class DistillationConfig(ClassificationConfig):
             raise ConfigError("--task distillation needs --teacher CHECKPOINT")
         if self.distill not in ("hard", "soft"):
             raise ConfigError(f"--distill must be 'hard' or 'soft', got {self.distill!r}")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"--alpha must be in [0, 1], got {self.alpha}")
+        if not (math.isfinite(self.tau) and self.tau > 0):
+            raise ConfigError(f"--tau must be > 0, got {self.tau}")
 
 
 class ClassificationTask(ClassifierTask):
@@ -59,7 +63,13 @@ class ClassificationTask(ClassifierTask):
     config_cls = ClassificationConfig
 
     def load_data(self, spec: str, test_fraction: float, tcfg) -> DataSplits:
-        return load_data(spec, test_fraction)
+        splits = load_data(spec, test_fraction)
+        if len(splits.classes) < 2:  # one logit: the softmax is 1 whatever the image, nothing is learned
+            raise DataError(
+                f"--data {spec}: classification needs at least 2 classes, found {len(splits.classes)} "
+                f"({', '.join(splits.classes)})"
+            )
+        return splits
 
     def build_method(self, tcfg: ClassificationConfig, splits: DataSplits, device: torch.device) -> Supervised:
         return Supervised(len(splits.classes), tcfg.label_smoothing, tcfg.mixup, tcfg.cutmix)
@@ -93,17 +103,31 @@ class DistillationTask(ClassificationTask):
         return ClassificationTask()
 
     def build_method(self, tcfg: DistillationConfig, splits: DataSplits, device: torch.device) -> Distillation:
+        K = len(splits.classes)
         if tcfg.teacher_model is not None:
-            teacher = create_model(tcfg.teacher_model, pretrained=tcfg.teacher)
+            # A bare state dict names no class count: build the teacher for the data's, and refuse a file whose
+            # classifier does not fit it (the factory would re-initialise it: a teacher with a random head).
+            ckpt = read_pretrained(tcfg.teacher)
+            teacher = create_model(tcfg.teacher_model, pretrained=tcfg.teacher, num_classes=K)
+            _, reset, new = fit_state(teacher, ckpt)
+            if reset or new:
+                shapes = ", ".join(str(tuple(ckpt.state[k].shape)) for k in reset if k in ckpt.state)
+                found = f"a classifier of shape {shapes}" if shapes else "no classifier"
+                raise ConfigError(f"--teacher {tcfg.teacher} holds {found}, not one for the data's {K} classes")
         elif checkpoint_model_name(tcfg.teacher) is not None:
             teacher = load_checkpoint(tcfg.teacher)
         else:
             raise ConfigError(
                 f"--teacher {tcfg.teacher}: not a vitlab checkpoint; give its architecture with --teacher-model"
             )
-        K = len(splits.classes)
         if getattr(teacher, "num_classes", K) != K:
             raise ConfigError(f"--teacher {tcfg.teacher} predicts {teacher.num_classes} classes, the data has {K}")
+        labels = list(teacher.cfg.labels)
+        if labels and labels != list(splits.classes):
+            raise ConfigError(
+                f"--teacher {tcfg.teacher} was trained on classes {', '.join(labels)}, the data has "
+                f"{', '.join(splits.classes)}"
+            )
         return Distillation(
             teacher.to(device), K, tcfg.distill, tcfg.alpha, tcfg.tau, tcfg.label_smoothing, tcfg.mixup, tcfg.cutmix
         )
