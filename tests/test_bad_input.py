@@ -448,6 +448,42 @@ def test_teacher_with_another_class_count_is_refused(tmp_path, capsys):
             "--out", tmp_path / "o", names="predicts 2 classes")  # fmt: skip
 
 
+CHANGED_ON_RESUME = [
+    (["--lr", "0.1"], "--lr 0.1 (run: 0.002)"),
+    (["--epochs", "5"], "--epochs 5 (run: 2)"),
+    (["--model", "cpvt_micro_patch4_8"], "--model cpvt_micro_patch4_8"),
+    (["--data", "cifar10:/nowhere"], "--data cifar10:/nowhere (run: digits)"),
+    (["--label-smoothing", "0.3"], "--label-smoothing 0.3"),  # a task flag
+]
+
+
+@pytest.mark.parametrize("flags,named", CHANGED_ON_RESUME, ids=[f[0][0] for f in CHANGED_ON_RESUME])
+def test_resume_refuses_changed_flags(flags, named, digits_run, tmp_path, capsys):
+    run = copy_run(digits_run, tmp_path / "run")
+    refused(capsys, tmp_path, "train", "--resume", "--out", run, *flags, names=named)
+
+
+def test_resume_takes_the_saved_values_and_a_copy_resumes_where_it_is(digits_run, tmp_path, capsys):
+    """Flags equal to the run's pass; a copied directory (config.json still naming the original) continues itself."""
+    run = tmp_path / "copy"
+    shutil.copytree(digits_run, run)
+    before = snapshot(digits_run)
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--batch-size", "256"]) == 0
+    assert [m["epoch"] for m in read_metrics(run / "metrics.jsonl")] == [1, 2]
+    assert snapshot(digits_run) == before  # the original is not written to
+    capsys.readouterr()
+
+
+def test_divergence_is_one_line_and_keeps_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--epochs", "1", "--batch-size", "256", "--warmup-epochs", "0", "--clip-grad", "0", "--out", out]
+    assert main(["train", "--lr", "1e30", *map(str, args)]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "training diverged" in lines[0] and "no epoch completed" in lines[0], lines
+    assert main(["train", *map(str, args)]) == 0  # the same command with a sane --lr starts the run afresh
+    capsys.readouterr()
+
+
 # ----- 7. predict streams ------------------------------------------------------------------------------------------
 def test_predict_streams_in_batches_and_checks_every_file_first(tmp_path, capsys, monkeypatch):
     ckpt = micro_checkpoint(tmp_path / "m.safetensors", num_classes=3)

@@ -169,6 +169,9 @@ def test_packed_weights_follow_the_weight_and_row_counts():
         assert sorted(lin._packed) == [3, 4]
         lin(x[:2])  # a third row count: the oldest is dropped, memory stays bounded
         assert sorted(lin._packed) == [2, 3]
+        lin.weight.data.mul_(0.5)  # `.data` bypasses the version counter: the documented refresh is .eval()
+        lin.eval()
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias))
 
 
 @needs_mkl

@@ -29,3 +29,7 @@ def shape_text(x) -> str:
     `tuple(list)`); for error messages of input checks that scripted models compile."""
     dims = [str(d) for d in x.shape]
     return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+class TrainingDiverged(VitlabError, FloatingPointError):
+    """The loss became NaN or infinite; the run directory keeps its last completed epoch."""

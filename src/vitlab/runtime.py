@@ -79,10 +79,12 @@ class PackedLinear(nn.Linear):
     """`nn.Linear` (same parameters and state-dict keys) that runs no-grad CPU float32 inference on packed weights.
 
     Made by `optimize_for_cpu_inference`, not by models. The packed weights are a cache, never state: one per input
-    row count (at most `max_row_counts`, the oldest dropped first), rebuilt when the weight changes, dropped by
-    `.train()`, `.to()`, `.cuda()`, `.float()` and other dtype or device moves, and left out of `state_dict`, pickles
-    (`torch.save`) and `copy.deepcopy` (MKL's packed tensor has no storage to copy). In training mode, with autograd
-    on, while compiling, without MKL, or for input that is not CPU float32, it is the plain `nn.Linear` computation.
+    row count (at most `max_row_counts`, the oldest dropped first), rebuilt when the weight changes (in place under
+    `torch.no_grad()`, or `load_state_dict`), dropped by `.train()`, `.eval()` (call it after editing `weight.data`,
+    which the version counter does not see), `.to()`, `.cuda()`, `.float()` and other dtype or device moves, and left
+    out of `state_dict`, pickles (`torch.save`) and `copy.deepcopy` (MKL's packed tensor has no storage to copy). In
+    training mode, with autograd on, while compiling, without MKL, or for input that is not CPU float32, it is the
+    plain `nn.Linear` computation.
     """
 
     max_row_counts = 2  # an evaluation of fixed-size batches plus a smaller last one packs twice, not more
@@ -98,8 +100,7 @@ class PackedLinear(nn.Linear):
         return state
 
     def train(self, mode: bool = True) -> PackedLinear:
-        if mode:
-            self._drop_packed()
+        self._drop_packed()  # `.eval()` too: the one refresh after an edit the version counter misses (`w.data.mul_`)
         return super().train(mode)
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> PackedLinear:

@@ -31,7 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from vitlab.data import DataSplits
-from vitlab.engine.config import TrainConfig
+from vitlab.engine.config import TrainConfig, flag
 from vitlab.engine.distributed import DistContext, all_reduce_sum, barrier, init_distributed, shutdown
 from vitlab.engine.ema import ModelEma
 from vitlab.engine.evaluators import EvalResult, Evaluator, evaluate
@@ -41,7 +41,7 @@ from vitlab.engine.rundir import RunLock, check_out, clear_run, has_completed_ep
 from vitlab.engine.sharding import full_state, shard_model
 from vitlab.engine.state import BEST_FILE, load_run_state, save_run_state
 from vitlab.engine.tasks import TASKS, Task, get_task
-from vitlab.errors import CheckpointError, ConfigError
+from vitlab.errors import CheckpointError, ConfigError, TrainingDiverged
 from vitlab.factory import create_model
 from vitlab.methods import Method, weighted_loss
 from vitlab.weights.io import atomic_write
@@ -49,7 +49,9 @@ from vitlab.weights.io import atomic_write
 log = logging.getLogger(__name__)
 
 # Fields a resumed run may change; everything else comes from the run's config.json.
-RESUME_MUTABLE = {"resume", "stop_after", "workers", "device", "fsdp", "overwrite"}  # checkpoints ignore fsdp
+# What --resume takes from this invocation; every other field is the saved run's. `out` too: a copied run directory
+# continues where it now is. A field given with another value than the saved one is refused (`changed_on_resume`).
+RESUME_MUTABLE = {"resume", "stop_after", "workers", "device", "fsdp", "overwrite", "out"}  # checkpoints ignore fsdp
 
 
 @dataclass
@@ -152,6 +154,30 @@ def config_from_json(saved: dict, source: str = "config.json") -> TrainConfig:
         raise CheckpointError(f"{source}: {e}") from None
 
 
+def changed_on_resume(given: TrainConfig, saved: TrainConfig) -> list[str]:
+    """The fields of `given` that differ from both their default and the saved run's value, as `--lr 0.1 (run: 0.002)`.
+
+    A value equal to its default cannot be told from a flag not given, and then the saved one holds. The epoch count
+    is among them: the cosine schedule was laid out over the saved one, so a longer run would not be the same run.
+    """
+
+    def diff(obj, ref, cls) -> list[str]:
+        out = []
+        for f in dataclasses.fields(cls):
+            if f.name in RESUME_MUTABLE or f.name == "task_cfg" or not f.metadata.get("cli", True):
+                continue
+            new, old = getattr(obj, f.name), getattr(ref, f.name)
+            if new != f.default and new != old:
+                out.append(f"{flag(f.name)} {new} (run: {old})")
+        return out
+
+    changed = diff(given, saved, TrainConfig)
+    tcfg = given.task_cfg
+    if not changed and tcfg is not None and type(tcfg) is type(saved.task_cfg):
+        changed = diff(tcfg, saved.task_cfg, type(tcfg))
+    return changed
+
+
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """The config this invocation runs: a resumed run's saved one (with RESUME_MUTABLE from `cfg`), task defaults in.
 
@@ -165,7 +191,14 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
             fields = json.loads(saved.read_text())
         except json.JSONDecodeError as e:
             raise CheckpointError(f"--resume: {saved} is not valid JSON ({e})") from None
-        cfg = dataclasses.replace(config_from_json(fields), **{k: getattr(cfg, k) for k in RESUME_MUTABLE})
+        saved_cfg = config_from_json(fields, source=str(saved))
+        changed = changed_on_resume(cfg, saved_cfg)
+        if changed:
+            raise ConfigError(
+                f"--resume continues {out} as it was started; {'; '.join(changed)}. Drop the flag, or start a new run "
+                "(another --out, or --overwrite)"
+            )
+        cfg = dataclasses.replace(saved_cfg, **{k: getattr(cfg, k) for k in RESUME_MUTABLE})
     task = get_task(cfg.task)
     tcfg = task.config_cls() if cfg.task_cfg is None else cfg.task_cfg
     if not isinstance(tcfg, task.config_cls):
@@ -374,7 +407,11 @@ def train_one_epoch(run: Run, epoch: int, rng: np.random.Generator) -> dict:
             out = method.step(run.step_model, batch)
         loss = weighted_loss(out.losses, method.loss_weights)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"epoch {epoch}, batch {i}: loss is {loss.item()} (try a lower --lr)")
+            kept = f"{cfg.out} keeps epoch {epoch - 1}" if epoch > 1 else "no epoch completed"
+            raise TrainingDiverged(
+                f"epoch {epoch}, batch {i}: the loss is {loss.item()} (training diverged); {kept}. "
+                "Train again with a lower --lr (--overwrite)"
+            )
         (loss / cfg.accum_steps).backward()
         if (i + 1) % cfg.accum_steps == 0 or i + 1 == n_batches:
             optimizer_step(run)

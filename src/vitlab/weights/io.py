@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from vitlab.errors import CheckpointError
 
@@ -23,9 +23,8 @@ def read_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, s
     path = _checkpoint_file(path)
     if path.suffix == ".safetensors":
         try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            return load_file(str(path)), meta
+            with safe_open(str(path), "pt") as f:  # one open: header, metadata and tensors
+                return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}  # noqa: SIM118 (safe_open is not a dict)
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"cannot read {path}: not a checkpoint (not a safetensors file: {e})") from None
     if path.suffix not in PICKLE_SUFFIXES:
