@@ -52,59 +52,70 @@ def _vitlab(kill_at: int, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _finish(out) -> None:
+def _finish(out, args) -> None:
     """What a user does after a crash: the same command again (no epoch finished) or --resume."""
     for _ in range(3):
         resume = ["--resume"] if (out / "state.json").is_file() else []
-        r = _vitlab(0, *ARGS, "--out", str(out), *resume)
+        r = _vitlab(0, *args, "--out", str(out), *resume)
         assert r.returncode == 0, r.stderr
         if "final test" in r.stdout:
             return
     raise AssertionError("the run did not finish")
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def _reference(tmp_path_factory, args):
     """An uninterrupted run: its final weights, and how many write events it made."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    r = _vitlab(0, *ARGS, "--out", str(out))
+    r = _vitlab(0, *args, "--out", str(out))
     assert r.returncode == 0, r.stderr
     events = int(r.stdout.rsplit("EVENTS", 1)[1])
     return load_file(out / "checkpoint.safetensors"), events
 
 
-def _check_same(out, weights) -> None:
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    return _reference(tmp_path_factory, ARGS)
+
+
+def _check_same(out, weights, epochs: int) -> None:
     got = load_file(out / "checkpoint.safetensors")
     assert got.keys() == weights.keys()
     for k in weights:
         assert torch.equal(got[k], weights[k]), k
     assert not (out / ".pending").exists() and not list(out.glob(".*.tmp"))
-    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, epochs + 1))
 
 
-def _killed_then_finished(tmp_path, reference, k: int) -> None:
+def _killed_then_finished(tmp_path, reference, k: int, args=ARGS, epochs: int = 3) -> None:
     weights, _ = reference
     out = tmp_path / f"k{k}"
-    r = _vitlab(k, *ARGS, "--out", str(out))
+    r = _vitlab(k, *args, "--out", str(out))
     assert r.returncode == -9, (k, r.returncode, r.stderr[-500:])
-    _finish(out)
-    _check_same(out, weights)
+    _finish(out, args)
+    _check_same(out, weights, epochs)
 
 
-def test_kill_inside_saves(tmp_path, reference):
-    """Two kills inside the first epoch's save: before its commit and after it, while files are moved into place
-    (every write event in the slow test)."""
+def test_kill_inside_saves_and_the_report(tmp_path, reference):
+    """Two kills inside the first epoch's save: before its commit and after it, while files are moved into place;
+    one while the final report's plot is written (every write event of a save and the report in the slow test)."""
     # events 1-3 write config.json; the first save then writes three files (3 events each), fsyncs them (4),
     # commits state.json (3, the rename being the 15th of the save) and moves the files into place (4)
-    for k in (3 + 10, 3 + 17):
+    _, events = reference
+    for k in (3 + 10, 3 + 17, events - 4):
         _killed_then_finished(tmp_path, reference, k)
 
 
 @pytest.mark.slow
-def test_kill_at_every_write_event(tmp_path, reference):
-    _, events = reference
-    for k in range(1, events + 1):
-        _killed_then_finished(tmp_path, reference, k)
+def test_kill_at_every_write_event_of_a_save_over_a_saved_epoch(tmp_path, tmp_path_factory, reference):
+    """A 2-epoch run killed at each write after epoch 1's save: epoch 2's save (where a complete epoch is already on
+    disk) and the final report. Epoch 1's save is the same code with nothing before it."""
+    args = [*ARGS[:2], "2", *ARGS[3:]]
+    ref = _reference(tmp_path_factory, args)
+    per_epoch = reference[1] - ref[1]  # the 3-epoch run's events minus the 2-epoch run's: one epoch's
+    assert per_epoch >= 15, per_epoch
+    for k in range(3 + per_epoch + 1, ref[1] + 1):
+        _killed_then_finished(tmp_path, ref, k, args, epochs=2)
 
 
 def test_disk_full_during_a_save_keeps_the_last_epoch(tmp_path, monkeypatch):

@@ -36,8 +36,11 @@ RUN_FILES = (
 
 
 def _own_temporary(name: str) -> bool:
-    """`.NAME.XXXX.tmp`, what `atomic_write` leaves of a run file when killed mid-write."""
-    return name.startswith(".") and name.endswith(".tmp") and any(name.startswith(f".{f}.") for f in RUN_FILES)
+    """`.NAME.XXXX.tmp`, what `atomic_write` leaves of a run file or plot (NAME.png) when killed mid-write."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return False
+    target = name[1:].rsplit(".", 2)[0]  # `.curves.png.2_jagsus.tmp` -> `curves.png`
+    return target in RUN_FILES or target.endswith(".png")
 
 
 def is_run(out: Path) -> bool:
