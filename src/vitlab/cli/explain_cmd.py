@@ -1,0 +1,187 @@
+"""`vitlab explain ...`: pictures of what happens inside a model, each with the numbers behind it (JSON).
+
+receptive-field   the theoretical receptive field, jump and start of every conv and pool layer (a table; --measure
+                  checks each against a brute-force measurement)
+erf               effective receptive fields by the gradient method, at several depths, at initialisation and
+                  (with --checkpoint) after training
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub, argv: list[str]) -> None:
+    p = sub.add_parser("explain", help="look inside a model: receptive fields, effective receptive fields")
+    kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    rf = kinds.add_parser("receptive-field", help="theoretical receptive field of every conv and pool layer")
+    _model_args(rf)
+    rf.add_argument("--measure", action="store_true", help="also measure each field by brute force (slow for big ones)")
+    rf.add_argument("--json", dest="json_out", default=None, help="also write the table to this JSON file")
+    rf.set_defaults(run=run_receptive_field)
+
+    erf = kinds.add_parser("erf", help="effective receptive fields (gradient method) at several depths")
+    _model_args(erf)
+    erf.add_argument("--layers", default=None, help="comma-separated module names (default: 4 spread over depth)")
+    erf.add_argument("--inits", type=int, default=4, help="random initialisations averaged")
+    erf.add_argument("--samples", type=int, default=8, help="random inputs per initialisation")
+    erf.add_argument("--out", required=True, help="directory for erf.png and erf.json (created; files replaced)")
+    erf.set_defaults(run=run_erf)
+
+
+def _model_args(p) -> None:
+    p.add_argument("--model", default=None, help="registered model name (random weights unless --checkpoint)")
+    p.add_argument("--checkpoint", default=None, help="vitlab run directory or checkpoint (trained weights)")
+    p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
+
+
+def _load(args):
+    """(model at random init or None, trained model or None, architecture name)."""
+    import vitlab
+    from vitlab.cli.common import load_model
+    from vitlab.errors import ConfigError
+
+    if args.model is None and args.checkpoint is None:
+        raise ConfigError("give --model NAME or --checkpoint RUN")
+    if args.img_size is not None and args.img_size < 1:
+        raise ConfigError(f"--img-size must be >= 1, got {args.img_size}")
+    trained = load_model(args.checkpoint, args.model) if args.checkpoint else None
+    name = args.model or trained.model_name
+    return vitlab.create_model(name, **_arch(trained)), trained, name
+
+
+def _arch(trained) -> dict:
+    """The sizes a fresh initialisation needs to match a trained model's (channels, classes)."""
+    return {} if trained is None else {"in_chans": trained.in_chans, "num_classes": trained.num_classes}
+
+
+def _img_size(args, model) -> int:
+    return args.img_size or model.pretrained_cfg["input_size"][-1]
+
+
+def run_receptive_field(args: argparse.Namespace) -> int:
+    from vitlab.errors import ConfigError
+    from vitlab.explain.receptive import measured_extent, receptive_fields
+
+    model, trained, name = _load(args)
+    model = trained or model
+    fields = receptive_fields(model)
+    if not fields:
+        raise ConfigError(f"{name} has no conv or pool layers before its first global op")
+    img = _img_size(args, model)
+    rows = []
+    print(f"{name}: receptive field in input pixels (size, jump between units, centre of unit 0)")
+    print(f"{'layer':<36} {'kind':<8} {'k':>3} {'s':>3} {'p':>4} {'d':>3} {'size':>6} {'jump':>5} {'start':>7}"
+          + ("   measured" if args.measure else ""))  # fmt: skip
+    for f in fields:
+        row = f.as_dict()
+        line = (f"{f.name:<36} {f.kind:<8} {f.kernel:>3} {f.stride:>3} {f.padding:>4g} {f.dilation:>3} "
+                f"{f.size:>6g} {f.jump:>5g} {f.start:>7g}")  # fmt: skip
+        if args.measure and f.size <= MEASURE_LIMIT:
+            side = _room(model, f, img)
+            got = measured_extent(model, f.name, side)
+            row["measured"] = list(got)
+            line += f"   {got[0]}x{got[1]} at {side}px" + ("" if got == (f.size, f.size) else "  DIFFERS")
+        elif args.measure:
+            line += f"   (over {MEASURE_LIMIT}px: not measured)"
+        rows.append(row)
+        print(line)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"model": name, "layers": rows}, indent=1))
+        print(f"wrote {args.json_out}")
+    return 0
+
+
+MEASURE_LIMIT = 200  # --measure runs 2 * side forwards at side >= the field: bigger fields take minutes
+
+
+def _room(model, f, img: int) -> int:
+    """An input side at which the middle unit of layer `f` has its whole field inside the image."""
+    import torch
+
+    from vitlab.explain.receptive import layer_output
+
+    side = max(img, int(f.size + 2 * f.jump + 2))
+    for _ in range(8):
+        n = layer_output(model, f.name, torch.zeros(1, model.in_chans, side, side)).shape[-1]
+        centre = f.start + ((n - 1) // 2) * f.jump
+        if centre - (f.size - 1) / 2 >= 0 and centre + (f.size - 1) / 2 <= side - 1:
+            return side
+        side += int(f.jump)
+    return side
+
+
+def _default_layers(model) -> list[str]:
+    from vitlab.explain.receptive import receptive_fields
+
+    convs = [f.name for f in receptive_fields(model) if f.kind == "conv"]
+    blocks = [n for n, _ in model.named_modules() if n.count(".") == 1 and n.startswith("blocks.")]
+    names = convs if len(convs) > 1 else blocks
+    if not names:
+        return convs
+    picks = sorted({round(i * (len(names) - 1) / 3) for i in range(4)})
+    return [names[i] for i in picks]
+
+
+def run_erf(args: argparse.Namespace) -> int:
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    import vitlab
+    from vitlab.errors import ConfigError
+    from vitlab.explain.receptive import effective_field, extent, mass_side, receptive_fields, rms_radius
+
+    for flag, v in (("--inits", args.inits), ("--samples", args.samples)):
+        if v < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {v}")
+    model, trained, name = _load(args)
+    layers = args.layers.split(",") if args.layers else _default_layers(model)
+    known = dict(model.named_modules())
+    for layer in layers:
+        if layer not in known:
+            raise ConfigError(f"--layers: {name} has no module {layer!r}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    img = _img_size(args, model)
+    theory = {f.name: f.size for f in receptive_fields(model)}
+    inits = []
+    for seed in range(args.inits):
+        torch.manual_seed(seed)
+        inits.append(vitlab.create_model(name, **_arch(trained)))
+    rows = [("initialisation", inits)] + ([("trained", [trained])] if trained is not None else [])
+    result = {"model": name, "img_size": img, "layers": {}}
+    fig, axes = plt.subplots(len(rows), len(layers), figsize=(3 * len(layers), 3 * len(rows)), squeeze=False)
+    for j, layer in enumerate(layers):
+        trf = theory.get(layer, math.inf)
+        entry = {"theoretical": None if math.isinf(trf) else trf}
+        for i, (label, models) in enumerate(rows):
+            erf = effective_field(models, layer, img, samples=args.samples)
+            side, support, rms = mass_side(erf, 0.9), extent(erf > 0), rms_radius(erf)
+            entry[label] = {"side_90": side, "rms_radius": round(rms, 3), "support": list(support)}
+            ax = axes[i][j]
+            ax.imshow(erf.numpy(), cmap="magma")
+            ax.set_title(
+                f"{layer}\n{label}: 90% in {side}px" + ("" if math.isinf(trf) else f", RF {trf:g}"), fontsize=8
+            )
+            ax.axis("off")
+        result["layers"][layer] = entry
+    fig.suptitle(f"{name}: effective receptive field (|d centre unit / d input|)")
+    fig.tight_layout()
+    fig.savefig(out / "erf.png", dpi=120)
+    plt.close(fig)
+    (out / "erf.json").write_text(json.dumps(result, indent=1))
+    for layer, e in result["layers"].items():
+        parts = [
+            f"{k}: rms radius {v['rms_radius']}px, 90% in {v['side_90']}px" for k, v in e.items() if isinstance(v, dict)
+        ]
+        print(f"{layer:<32} RF {e['theoretical'] or 'global'}: " + ", ".join(parts))
+    print(f"wrote {out / 'erf.png'} and {out / 'erf.json'}")
+    return 0
