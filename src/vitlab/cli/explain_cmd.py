@@ -168,9 +168,8 @@ def run_erf(args: argparse.Namespace) -> int:
             entry[label] = {"side_90": side, "rms_radius": round(rms, 3), "support": list(support)}
             ax = axes[i][j]
             ax.imshow(erf.numpy(), cmap="magma")
-            ax.set_title(
-                f"{layer}\n{label}: 90% in {side}px" + ("" if math.isinf(trf) else f", RF {trf:g}"), fontsize=8
-            )
+            rf = "" if math.isinf(trf) else f", RF {trf:g}"
+            ax.set_title(f"{layer}\n{label}: rms {rms:.1f}px, 90% in {side}px{rf}", fontsize=8)
             ax.axis("off")
         result["layers"][layer] = entry
     fig.suptitle(f"{name}: effective receptive field (|d centre unit / d input|)")

@@ -325,10 +325,11 @@ def rms_radius(erf: torch.Tensor) -> float:
 
 
 def mass_side(erf: torch.Tensor, fraction: float = 0.95) -> int:
-    """The side of the smallest square centred on the map's centre that holds `fraction` of its mass."""
+    """The side of the smallest square centred on the map's centre of mass that holds `fraction` of its mass."""
     h, w = erf.shape
-    cy, cx = (h - 1) // 2, (w - 1) // 2
     total = erf.sum()
+    cy = int(round(float((erf.sum(1) * torch.arange(h, dtype=erf.dtype)).sum() / total)))
+    cx = int(round(float((erf.sum(0) * torch.arange(w, dtype=erf.dtype)).sum() / total)))
     for r in range(max(h, w)):
         sq = erf[max(cy - r, 0) : cy + r + 1, max(cx - r, 0) : cx + r + 1]
         if sq.sum() >= fraction * total:
