@@ -5,7 +5,7 @@ import torch
 
 from vitlab import create_model
 from vitlab.models.detr import DETR, DetrConfig, sine_position_encoding
-from vitlab.weights.detr import convert_detr_hf
+from vitlab.weights.detr import convert_detr_hf, convert_detr_official
 
 transformers = pytest.importorskip("transformers")
 
@@ -117,3 +117,47 @@ def test_backbone_batch_norm_is_frozen_and_trains_the_rest():
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in stats.items())
     assert model.query_embed.weight.grad is not None and model.input_proj.weight.grad.abs().sum() > 0
     assert ((out.pred_boxes > 0) & (out.pred_boxes < 1)).all()
+
+
+def _official_names(ours: dict) -> dict:
+    """The official repo's names for our tiny model's tensors (written from facebookresearch/detr's module names)."""
+    out = {}
+    for k, v in ours.items():
+        k = k.replace("backbone.model.", "backbone.0.body.").replace("decoder_norm.", "transformer.decoder.norm.")
+        k = k.replace("class_head.", "class_embed.").replace("box_head.", "bbox_embed.")
+        for side in ("encoder", "decoder"):
+            if k.startswith(f"{side}."):
+                k = f"transformer.{side}.layers." + k[len(side) + 1 :]
+        k = (
+            k.replace(".cross_attn.", ".multihead_attn.")
+            .replace(".mlp.fc1.", ".linear1.")
+            .replace(".mlp.fc2.", ".linear2.")
+        )
+        dec = "transformer.decoder" in k
+        k = k.replace(".self_attn_norm.", ".norm1.").replace(".cross_attn_norm.", ".norm2.")
+        k = k.replace(".final_norm.", ".norm3." if dec else ".norm2.")
+        out[k] = v
+    fused = {}
+    for k in list(out):
+        for kind in ("weight", "bias"):
+            if k.endswith(f".q_proj.{kind}"):
+                base = k[: -len(f".q_proj.{kind}")]
+                parts = [out.pop(f"{base}.{p}_proj.{kind}") for p in "qkv"]
+                fused[f"{base}.in_proj_{kind}"] = torch.cat(parts)
+    return {**out, **fused}
+
+
+def test_official_repo_names_load_and_give_the_same_outputs():
+    src = _vitlab_tiny()
+    with torch.no_grad():
+        for t in src.state_dict().values():
+            t.add_(torch.randn_like(t) * 0.05)
+    official = _official_names(src.state_dict())
+    assert "transformer.decoder.layers.1.multihead_attn.in_proj_weight" in official
+    assert "transformer.encoder.layers.0.norm2.weight" in official and "bbox_embed.layers.2.bias" in official
+    assert "backbone.0.body.layer4.0.downsample.1.running_var" in official
+    dst = _vitlab_tiny()
+    dst.load_state_dict(convert_detr_official(official), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x).logits, src(x).logits)
