@@ -161,3 +161,13 @@ def test_official_repo_names_load_and_give_the_same_outputs():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(dst(x).logits, src(x).logits)
+
+
+def test_r101_parameter_count():
+    from vitlab.models.detr import DETR_VARIANTS
+
+    with torch.device("meta"):
+        model = DETR(DetrConfig(**DETR_VARIANTS["detr_resnet101"]), create_model("resnet101", features_only=True))
+    # R50's 41,524,768 + ResNet-101's extra 17 bottlenecks (18,992,128 with BN affine) - their frozen BN affine
+    # (17 x 2 x (256 + 256 + 1024) = 52,224), which are buffers as in the reference
+    assert sum(p.numel() for p in model.parameters()) == 41_524_768 + 18_992_128 - 52_224
