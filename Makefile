@@ -12,6 +12,13 @@ $(STAMP): pyproject.toml
 	# The CPU wheel of torch first: an open range would pull a multi-GB CUDA build.
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e '.[dev]'
+	# Data files that packages ship, taken without installing the packages (they pull torchvision): CLIP's BPE
+	# vocabulary from open-clip-torch, found by vitlab in $(VENV)/share/vitlab. Tests skip if this fails.
+	$(PY) -m pip download --no-deps --no-cache-dir 'open-clip-torch==3.3.0' -d $(VENV)/cache/wheels \
+	  && $(PY) -c "import glob, pathlib, zipfile; z = zipfile.ZipFile(glob.glob('$(VENV)/cache/wheels/open_clip_torch-*.whl')[0]); \
+	  d = pathlib.Path('$(VENV)/share/vitlab'); d.mkdir(parents=True, exist_ok=True); \
+	  (d / 'bpe_simple_vocab_16e6.txt.gz').write_bytes(z.read('open_clip/bpe_simple_vocab_16e6.txt.gz'))" \
+	  || echo "warning: could not fetch CLIP's BPE vocabulary; CLIP tokenizer tests will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)
