@@ -70,9 +70,24 @@ def test_warmup_cosine_values():
 
 def test_no_weight_decay_groups():
     m = create_model("deit_micro_distilled_patch4_8")
-    decay, no_decay = param_groups(m, 0.05)
+    decay, no_decay = param_groups(m, 0.05, 1e-3)
     names = {id(p): n for n, p in m.named_parameters()}
     nd = {names[id(p)] for p in no_decay["params"]}
     assert {"pos_embed", "cls_token", "dist_token", "blocks.0.norm1.weight", "head.bias"} <= nd
     assert "blocks.0.attn.qkv.weight" in {names[id(p)] for p in decay["params"]}
     assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+
+
+def test_lr_multipliers_make_groups_by_prefix():
+    m = create_model("detr_tiny", num_classes=3)
+    groups = param_groups(m, 1e-4, 2e-4, m.lr_multipliers(0.1))
+    names = {id(p): n for n, p in m.named_parameters()}
+    by_lr = {}
+    for g in groups:
+        by_lr.setdefault(g["lr"], set()).update(names[id(p)] for p in g["params"])
+    assert sorted(by_lr) == pytest.approx([2e-5, 2e-4])
+    low = by_lr[min(by_lr)]
+    assert low and all(n.startswith("backbone.") for n in low)
+    assert not any(n.startswith("backbone.") for n in by_lr[max(by_lr)])
+    assert sum(len(g["params"]) for g in groups) == len(names)  # every parameter in exactly one group
+    assert groups[0]["lr"] == pytest.approx(2e-4)  # the full-lr group first: the engine logs its lr

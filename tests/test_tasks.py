@@ -146,8 +146,8 @@ def test_task_configs_validate_and_name_the_flag():
         ClassificationConfig(mixup=-1)
     with pytest.raises(ConfigError, match="--max-digits"):
         MultiLabelConfig(max_digits=5)
-    with pytest.raises(ConfigError, match="choose one of classification, distillation, multilabel"):
-        get_task("detection")
+    with pytest.raises(ConfigError, match="choose one of classification, distillation, multilabel, detection"):
+        get_task("segmentation")
     with pytest.raises(ConfigError, match="task_cfg is a ClassificationConfig"):
         train(TrainConfig(task="multilabel", task_cfg=ClassificationConfig(), out="/tmp/never-written"))
 

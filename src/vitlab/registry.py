@@ -23,13 +23,21 @@ class ModelEntry:
     factory: Callable[..., nn.Module]
     config_cls: type | None  # the config dataclass the factory's keyword arguments fill
     pretrained_cfg: dict = field(default_factory=dict)  # timm pretrained_cfg values the model cannot derive itself
+    # "classifier": timm's whole contract (forward -> logits, features_only, ...), which the registry-wide tests
+    # check; "detector" (DETR) and other multi-output models keep only their own API.
+    kind: str = "classifier"
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(
-    name: str | None = None, *, family: str = "", config_cls: type | None = None, pretrained_cfg: dict | None = None
+    name: str | None = None,
+    *,
+    family: str = "",
+    config_cls: type | None = None,
+    pretrained_cfg: dict | None = None,
+    kind: str = "classifier",
 ):
     """Decorator: register a factory `fn(**overrides) -> nn.Module` under `name` (default: the function's name)."""
 
@@ -37,7 +45,7 @@ def register_model(
         key = name or fn.__name__
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} is registered twice")
-        _REGISTRY[key] = ModelEntry(key, family, fn, config_cls, dict(pretrained_cfg or {}))
+        _REGISTRY[key] = ModelEntry(key, family, fn, config_cls, dict(pretrained_cfg or {}), kind)
         return fn
 
     return wrap
@@ -50,6 +58,7 @@ def register_variants(
     config_cls: type,
     model_cls: type,
     pretrained_cfgs: dict[str, dict] | None = None,
+    kind: str = "classifier",
 ) -> None:
     """Register `name -> model_cls(config_cls(**defaults, **overrides))` for each entry of `variants`.
 
@@ -61,12 +70,13 @@ def register_variants(
             return model_cls(config_cls(**{**_defaults, **overrides}))
 
         cfg = (pretrained_cfgs or {}).get(name)
-        register_model(name, family=family, config_cls=config_cls, pretrained_cfg=cfg)(factory)
+        register_model(name, family=family, config_cls=config_cls, pretrained_cfg=cfg, kind=kind)(factory)
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching a shell-style pattern, sorted (`import vitlab` has registered every model)."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+def list_models(pattern: str = "*", kind: str | None = None) -> list[str]:
+    """Registered names matching a shell-style pattern, sorted (`import vitlab` has registered every model);
+    `kind` ("classifier", "detector") keeps that kind only."""
+    return sorted(n for n, e in _REGISTRY.items() if fnmatch.fnmatch(n, pattern) and (kind is None or e.kind == kind))
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -56,6 +56,8 @@ class DetectionBatch(Batch):
     pixel_mask: torch.Tensor  # (B, H, W) bool, True on real pixels
     boxes: list[torch.Tensor]  # B x (n, 4) boxes (cx, cy, w, h) normalised to the unpadded image
     labels: list[torch.Tensor]  # B x (n,) int64 class indices
+    image_ids: list[int] | None = None  # COCO image ids, for the evaluator (None when the samples carry none)
+    orig_sizes: list[tuple[int, int]] | None = None  # (H, W) of each image as annotated, before any resize
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -109,7 +111,9 @@ def collate_images(samples: Sequence[tuple[torch.Tensor, int | torch.Tensor]]) -
 
 
 def collate_detection(samples: Sequence[tuple[torch.Tensor, dict]]) -> DetectionBatch:
-    """[(image (C, H_i, W_i), {"boxes": (n, 4), "labels": (n,)})] -> DetectionBatch, padded to the largest image."""
+    """[(image (C, H_i, W_i), {"boxes": (n, 4), "labels": (n,)})] -> DetectionBatch, padded to the largest image.
+
+    Targets may also carry "image_id" and "orig_size" (H, W), which the batch keeps for the evaluator."""
     images = [img for img, _ in samples]
     C = images[0].shape[0]
     H, W = max(i.shape[1] for i in images), max(i.shape[2] for i in images)
@@ -123,7 +127,10 @@ def collate_detection(samples: Sequence[tuple[torch.Tensor, dict]]) -> Detection
     for b, (bx, lb) in enumerate(zip(boxes, labels, strict=True)):
         if len(bx) != len(lb):
             raise ValueError(f"sample {b}: {len(bx)} boxes but {len(lb)} labels")
-    return DetectionBatch(padded, mask, boxes, labels)
+    targets = [t for _, t in samples]
+    ids = [int(t["image_id"]) for t in targets] if all("image_id" in t for t in targets) else None
+    sizes = [tuple(t["orig_size"]) for t in targets] if all("orig_size" in t for t in targets) else None
+    return DetectionBatch(padded, mask, boxes, labels, ids, sizes)
 
 
 def collate_captions(samples: Sequence[tuple[torch.Tensor, Sequence[int]]], pad_id: int = 0) -> CaptionBatch:

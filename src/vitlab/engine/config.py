@@ -19,9 +19,10 @@ def _f(default, help: str):
 @dataclass(frozen=True)
 class TrainConfig:
     task: str = _f("classification", "what to train (see the list above); each task has flags of its own")
-    model: str = _f("vit_micro_patch4_8", "registered model name (`vitlab models` lists them)")
-    data: str | None = _f(None, "data spec (default: the task's embedded set, digits): digits | cifar10:DIR | "
-                                "cifar100:DIR | mnist:DIR | an ImageFolder DIR")  # fmt: skip
+    model: str | None = _f(None, "registered model name (`vitlab models` lists them); default the task's: "
+                                 "vit_micro_patch4_8, detection: detr_tiny")  # fmt: skip
+    data: str | None = _f(None, "data spec (default: the task's embedded set, digits; detection: shapes): digits | "
+                                "cifar10:DIR | cifar100:DIR | mnist:DIR | an ImageFolder DIR | coco:ROOT")  # fmt: skip
     out: str = _f("runs/train", "run directory: config, metrics, checkpoints, report")
     epochs: int = _f(60, "training epochs")
     batch_size: int = _f(64, "images per batch")

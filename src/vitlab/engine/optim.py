@@ -8,13 +8,22 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on 1-D parameters (norms, biases) and on what the model names (position embeddings, tokens)."""
+def param_groups(model: nn.Module, weight_decay: float, lr: float, lr_multipliers: dict | None = None) -> list[dict]:
+    """No weight decay on 1-D parameters (norms, biases) and on what the model names (position embeddings, tokens).
+
+    lr_multipliers: parameter-name prefix -> factor on `lr` (DETR's backbone at lr / 10); the first prefix that
+    matches applies, others train at `lr`. The schedule scales every group's lr alike.
+    """
     skip = set(getattr(model, "no_weight_decay", lambda: set())())
-    decay, no_decay = [], []
+    prefixes = list((lr_multipliers or {}).items())
+    groups: dict[tuple[float, bool], list] = {}
     for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        scale = next((m for prefix, m in prefixes if name.startswith(prefix)), 1.0)
+        groups.setdefault((scale, p.ndim <= 1 or name in skip), []).append(p)
+    return [
+        {"params": ps, "weight_decay": 0.0 if no_decay else weight_decay, "lr": lr * scale}
+        for (scale, no_decay), ps in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1]))
+    ]
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, base_lr: float, min_lr: float):
@@ -30,5 +39,7 @@ def warmup_cosine(total_steps: int, warmup_steps: int, base_lr: float, min_lr: f
     return factor
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, lr_multipliers: dict | None = None
+) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups(model, weight_decay, lr, lr_multipliers), lr=lr, betas=(0.9, 0.999))

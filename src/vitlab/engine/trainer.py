@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import math
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ from vitlab.engine.tasks import TASKS, Task, get_task
 from vitlab.errors import CheckpointError, ConfigError, TrainingDiverged
 from vitlab.factory import create_model
 from vitlab.methods import Method, weighted_loss
+from vitlab.registry import get_entry, list_models
 from vitlab.weights.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -200,17 +202,29 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
             )
         cfg = dataclasses.replace(saved_cfg, **{k: getattr(cfg, k) for k in RESUME_MUTABLE})
     task = get_task(cfg.task)
+    if not cfg.resume:  # the task's starting values for run flags left at their defaults (a resumed run has its own)
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in task.run_defaults.items() if getattr(cfg, k) == defaults[k]})
     tcfg = task.config_cls() if cfg.task_cfg is None else cfg.task_cfg
     if not isinstance(tcfg, task.config_cls):
         raise ConfigError(f"task_cfg is a {type(tcfg).__name__}; --task {task.name} takes a {task.config_cls.__name__}")
-    return dataclasses.replace(cfg, data=cfg.data or task.default_data, task_cfg=tcfg)
+    return dataclasses.replace(
+        cfg, data=cfg.data or task.default_data, model=cfg.model or task.default_model, task_cfg=tcfg
+    )
 
 
 # ----- building a run ---------------------------------------------------------------------------------------------
 def build_model(cfg: TrainConfig, task: Task, splits: DataSplits, device: torch.device, ctx: DistContext) -> nn.Module:
+    kind = get_entry(cfg.model).kind
+    if kind != task.model_kind:
+        models = ", ".join(list_models(kind=task.model_kind)[:4])
+        raise ConfigError(
+            f"--model {cfg.model} is a {kind}; --task {task.name} trains a {task.model_kind} ({models}, ...)"
+        )
     overrides = {} if cfg.drop_path is None else {"drop_path_rate": cfg.drop_path}
-    overrides.update(task.model_kwargs(splits))
+    overrides.update(task.model_kwargs(splits, cfg.task_cfg))
     model = create_model(cfg.model, pretrained=cfg.pretrained, img_size=cfg.img_size, **overrides)
+    task.prepare_model(model, cfg.task_cfg)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
     model.to(device)
     if cfg.fsdp:  # before the optimizer, which must see the sharded parameters
@@ -222,7 +236,7 @@ def build_model(cfg: TrainConfig, task: Task, splits: DataSplits, device: torch.
 def build_loaders(
     cfg: TrainConfig, task: Task, splits: DataSplits, model: nn.Module, ctx: DistContext
 ) -> tuple[DataLoader, DataLoader, DistributedSampler | None, torch.Generator]:
-    train_set, test_set = task.datasets(splits, model, augment=not cfg.no_augment)
+    train_set, test_set = task.datasets(splits, model, not cfg.no_augment, cfg.task_cfg)
     train_set[0], test_set[0]  # channel / size problems surface here, not mid-epoch  # noqa: B018
     loader_gen = torch.Generator()
     sampler = None
@@ -251,7 +265,7 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
     model = build_model(cfg, task, splits, device, ctx)
     train_loader, test_loader, sampler, loader_gen = build_loaders(cfg, task, splits, model, ctx)
     method = task.build_method(cfg.task_cfg, splits, device)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, task.lr_multipliers(model, cfg.task_cfg, cfg.lr))
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accum_steps)
     schedule = warmup_cosine(steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr)
     # The method's step calls the DDP wrapper (gradients averaged across ranks); the bare model is saved and
@@ -358,7 +372,9 @@ def fit(run: Run, start_epoch: int, best: dict | None) -> EvalResult | None:
 
 
 def _epoch_line(row: dict) -> str:
-    train = " ".join(f"{k[6:]} {v:.4f}" for k, v in row.items() if k.startswith("train_"))
+    """The epoch's log line: train and test metrics (per-layer auxiliary terms, `loss_ce_3`, only in metrics.jsonl)."""
+    aux = re.compile(r"_\d+$")
+    train = " ".join(f"{k[6:]} {v:.4f}" for k, v in row.items() if k.startswith("train_") and not aux.search(k))
     test = " ".join(f"{k[4:]} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
     return f"train {train}  test {test}  {row['img_per_s']:.0f} samples/s"
 
@@ -419,7 +435,7 @@ def train_one_epoch(run: Run, epoch: int, rng: np.random.Generator) -> dict:
         sums["loss"] += loss.item() * B
         if len(out.losses) > 1:  # each term as well, unweighted
             for k, v in out.losses.items():
-                sums[f"loss_{k}"] += v.item() * B
+                sums[k if k.startswith("loss") else f"loss_{k}"] += v.item() * B
         for k, v in run.evaluator.batch_stats(out.outputs, batch).items():
             sums[k] += v
         seen += B

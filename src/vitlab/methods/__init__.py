@@ -1,8 +1,9 @@
 """Training methods: how a batch becomes unweighted losses by name, using only a model's public API."""
 
 from vitlab.methods.base import Method, StepOutput, weighted_loss
+from vitlab.methods.detr import SetPrediction
 from vitlab.methods.distill import Distillation
 from vitlab.methods.multilabel import MultiLabel
 from vitlab.methods.supervised import Supervised
 
-__all__ = ["Distillation", "Method", "MultiLabel", "StepOutput", "Supervised", "weighted_loss"]
+__all__ = ["Distillation", "Method", "MultiLabel", "SetPrediction", "StepOutput", "Supervised", "weighted_loss"]

@@ -2,11 +2,14 @@
 
 from vitlab.engine.evaluators.base import EvalResult, Evaluator, evaluate
 from vitlab.engine.evaluators.classification import ClassificationEvaluator, ClassificationResult
+from vitlab.engine.evaluators.detection import DetectionEvaluator, DetectionResult
 from vitlab.engine.evaluators.multilabel import MultiLabelEvaluator, MultiLabelResult
 
 __all__ = [
     "ClassificationEvaluator",
     "ClassificationResult",
+    "DetectionEvaluator",
+    "DetectionResult",
     "EvalResult",
     "Evaluator",
     "MultiLabelEvaluator",

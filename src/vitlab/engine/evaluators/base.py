@@ -42,6 +42,10 @@ class Evaluator:
     def batch_stats(self, outputs: dict[str, torch.Tensor], batch) -> dict[str, float]:
         return {}
 
+    def must_be_finite(self) -> set[str]:
+        """Metrics that are never NaN for a sane model (`vitlab eval` reports a NaN among them as a broken model)."""
+        return set(self.metric_labels) | {self.primary}
+
     def label(self, metric: str) -> str:
         return self.metric_labels.get(metric, metric)
 

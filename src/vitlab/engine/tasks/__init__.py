@@ -11,10 +11,13 @@ from vitlab.engine.tasks.classification import (
     DistillationConfig,
     DistillationTask,
 )
+from vitlab.engine.tasks.detection import DetectionConfig, DetectionTask
 from vitlab.engine.tasks.multilabel import MultiLabelConfig, MultiLabelTask
 from vitlab.errors import ConfigError
 
-TASKS: dict[str, Task] = {t.name: t for t in (ClassificationTask(), DistillationTask(), MultiLabelTask())}
+TASKS: dict[str, Task] = {
+    t.name: t for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask())
+}
 
 
 def get_task(name: str) -> Task:
@@ -28,6 +31,7 @@ def get_task(name: str) -> Task:
 __all__ = [
     "TASKS",
     "ClassificationConfig",
+    "DetectionConfig",
     "DistillationConfig",
     "MultiLabelConfig",
     "Task",

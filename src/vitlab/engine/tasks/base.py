@@ -32,6 +32,9 @@ class Task:
     config_cls: type = TaskConfig
     collate: Callable  # list of dataset samples -> the task's batch type
     default_data: str = "digits"
+    default_model: str = "vit_micro_patch4_8"  # what --model means when not given
+    model_kind: str = "classifier"  # the registry kind of model this task trains
+    run_defaults: dict = {}  # run flags this task starts from when not given (DETR's lr, weight decay, clipping)
 
     def for_evaluation(self) -> Task:
         """The task whose evaluator judges this task's checkpoints (distillation: classification, no teacher)."""
@@ -41,14 +44,22 @@ class Task:
         """Train / test splits of raw samples (uint8 images and targets), before any model-specific transform."""
         raise NotImplementedError
 
-    def model_kwargs(self, splits: DataSplits) -> dict:
-        """What the model needs from the data at construction (e.g. the number of classes and their names)."""
+    def model_kwargs(self, splits: DataSplits, tcfg) -> dict:
+        """What the model needs from the data and the task's flags at construction (e.g. the number of classes and
+        their names)."""
+        return {}
+
+    def prepare_model(self, model: nn.Module, tcfg) -> None:
+        """Changes to the freshly built model before training (e.g. pretrained backbone weights); none by default."""
+
+    def lr_multipliers(self, model: nn.Module, tcfg, lr: float) -> dict[str, float]:
+        """Parameter-name prefix -> factor on --lr (DETR's backbone); every parameter at --lr by default."""
         return {}
 
     def check_model(self, model: nn.Module, splits: DataSplits, where: str) -> None:
         """One clear error when a given model cannot serve this data (`vitlab eval` of a checkpoint)."""
 
-    def datasets(self, splits: DataSplits, model: nn.Module, augment: bool) -> tuple[Dataset, Dataset]:
+    def datasets(self, splits: DataSplits, model: nn.Module, augment: bool, tcfg) -> tuple[Dataset, Dataset]:
         """(train, test) data sets yielding model inputs: the model's input size, channels and normalisation."""
         natural = splits.natural_images
         train_tf = ImageTransform.for_model(model, train=augment, hflip=natural, affine=not natural)
@@ -74,7 +85,7 @@ class ClassifierTask(Task):
 
     collate = staticmethod(collate_images)
 
-    def model_kwargs(self, splits: DataSplits) -> dict:
+    def model_kwargs(self, splits: DataSplits, tcfg) -> dict:
         return {"num_classes": len(splits.classes), "labels": list(splits.classes)}
 
     def check_model(self, model: nn.Module, splits: DataSplits, where: str) -> None:

@@ -107,12 +107,16 @@ class SetCriterion:
     def weights(self) -> dict[str, float]:
         return {"loss_ce": self.class_weight, "loss_bbox": self.l1_weight, "loss_giou": self.giou_weight}
 
+    def weights_by_name(self, names) -> dict[str, float]:
+        """The weight of each loss name, aux suffixes included ("loss_ce_3" -> the CE weight); 0 for the logged-only
+        `cardinality_error*`."""
+        w = self.weights()
+        return {n: w.get(n, w.get(n.rsplit("_", 1)[0], 0.0)) for n in names}
+
     def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         """The weighted sum that is back-propagated; `cardinality_error*` is logged only."""
-        w = self.weights()
         total = torch.zeros((), device=next(iter(losses.values())).device)
-        for name, value in losses.items():
-            base = name if name in w else name.rsplit("_", 1)[0]  # "loss_ce_3" -> "loss_ce"
-            if base in w:
-                total = total + w[base] * value
+        for name, weight in self.weights_by_name(losses).items():
+            if weight:
+                total = total + weight * losses[name]
         return total
