@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from vitlab.data.tokenizer import ClipTokenizer, find_clip_vocab
 from vitlab.errors import UnknownModelError
 from vitlab.models.clip import CLIP_VARIANTS, ClipConfig, ClipModel, create_clip
 from vitlab.weights.clip import clip_config_from_hf, convert_clip, convert_clip_hf
@@ -87,6 +88,20 @@ def test_small_config_matches_transformers(tmp_path, act):
     diffs = _max_diff(hf_out, out)
     assert max(diffs.values()) < 1e-5, diffs
     assert out.logits_per_image.shape == (3, 2) and torch.equal(out.logits_per_text, out.logits_per_image.t())
+
+
+@pytest.mark.skipif(find_clip_vocab() is None, reason="CLIP's BPE vocabulary is not installed (run `make install`)")
+def test_real_tokenizer_output_pools_at_end_of_text(tmp_path):
+    kw = json.loads(json.dumps(SMALL_HF))
+    kw["text_config"] = dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4, intermediate_size=192)
+    hf, model = _hf_clip(tmp_path, **kw)  # CLIP's vocabulary and 77-token context
+    tok = ClipTokenizer.from_pretrained()
+    texts = ["a photo of a cat.", "A PHOTO of a Dog!!", "", "a very long caption with zebra, giraffe " * 20]
+    ids = tok(texts)  # (4, 77): start, words, end-of-text, zero padding; the long one truncated
+    assert (ids.argmax(dim=-1) == (ids == tok.eot_id).int().argmax(dim=-1)).all()  # EOT is the largest id
+    with torch.no_grad():
+        hf_text = hf(input_ids=ids, pixel_values=torch.randn(1, 3, 32, 32)).text_embeds
+        assert (hf_text - model.encode_text(ids)).abs().max() < 1e-5
 
 
 # openai/CLIP (and open_clip) names, written from HF's: q/k/v stacked into in_proj, projections as (D, E) matrices.
