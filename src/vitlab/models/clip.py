@@ -46,22 +46,22 @@ class ClipConfig:
     # image tower: a ViT
     img_size: int = 224  # square input side; the position table has (img_size / patch_size)^2 + 1 rows
     patch_size: int = 32  # kernel = stride of the patch-embedding conv
-    in_chans: int = 3
-    vision_width: int = 768
-    vision_depth: int = 12
-    vision_heads: int = 12
+    in_chans: int = 3  # RGB
+    vision_width: int = 768  # ViT token width Dv (B/32 and B/16: ViT-Base's 768)
+    vision_depth: int = 12  # ViT blocks
+    vision_heads: int = 12  # ViT heads; head dim 64 as in ViT
     # text tower: a causal transformer over BPE ids
     context_length: int = 77  # the text position table's rows; the tokenizer pads/truncates to this
     vocab_size: int = 49408  # CLIP's BPE vocabulary; end-of-text (49407) must be the largest id (pooling, below)
-    text_width: int = 512
-    text_depth: int = 12
-    text_heads: int = 8
+    text_width: int = 512  # text token width Dt (sec. 2.4: a 63M-parameter 12-layer 512-wide model, 8 heads)
+    text_depth: int = 12  # text blocks
+    text_heads: int = 8  # text heads
     mlp_ratio: float = 4.0  # MLP hidden = mlp_ratio * width in both towers
     quick_gelu: bool = True  # x * sigmoid(1.702 x): what the OpenAI weights were trained with; False: exact GELU
     norm_eps: float = 1e-5  # LayerNorm epsilon of PyTorch, OpenAI and HF CLIP
     logit_scale_init: float = math.log(1 / 0.07)  # t at the start: temperature 0.07 (sec. 2.5)
     logit_scale_max: float = 100.0  # exp(t) clamped here, "to prevent scaling the logits by more than 100"
-    mean: tuple[float, ...] = OPENAI_MEAN
+    mean: tuple[float, ...] = OPENAI_MEAN  # per-channel input normalisation (pretrained_cfg, for the transforms)
     std: tuple[float, ...] = OPENAI_STD
 
     def __post_init__(self) -> None:
