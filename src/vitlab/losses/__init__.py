@@ -1,13 +1,16 @@
 """Pure loss functions."""
 
 from vitlab.losses.classification import cross_entropy, multilabel_bce, one_hot_smooth, soft_target_cross_entropy
+from vitlab.losses.contrastive import clip_loss, siglip_loss
 from vitlab.losses.distillation import distillation_kd, distillation_loss
 
 __all__ = [
+    "clip_loss",
     "cross_entropy",
     "distillation_kd",
     "distillation_loss",
     "multilabel_bce",
     "one_hot_smooth",
+    "siglip_loss",
     "soft_target_cross_entropy",
 ]

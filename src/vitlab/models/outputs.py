@@ -14,3 +14,11 @@ class DistilledLogits:
 
     def mean(self) -> torch.Tensor:
         return (self.cls + self.dist) / 2
+
+
+@dataclass
+class ClipOutput:
+    image_embeds: torch.Tensor  # (B, E) unit-norm image embeddings
+    text_embeds: torch.Tensor  # (B', E) unit-norm text embeddings
+    logits_per_image: torch.Tensor  # (B, B') exp(t) * cosine similarity; row i scores image i against every text
+    logits_per_text: torch.Tensor  # (B', B) its transpose
