@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +161,91 @@ def test_psnr_matches_skimage_denoise_nl_means(name, sigma_given):
     assert abs(psnr(y, ours) - psnr(y, ref)) < 0.1
     with pytest.raises(ConfigError, match="compares no pixels"):
         skimage_arguments(1, 4, h)
+
+
+# `vitlab denoise`
+
+
+def _png(path, size=(24, 20)):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    arr = np.zeros((size[1], size[0], 3), np.uint8)
+    arr[:, size[0] // 2 :] = 200  # two flat halves: NL-means' easy case
+    arr[..., 1] = rng.integers(0, 40, size[::-1])
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def test_denoise_writes_the_images_and_the_numbers(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from vitlab.cli.main import main
+
+    img = _png(tmp_path / "in.png")
+    out = tmp_path / "out"
+    assert main(["denoise", str(img), "--sigma", "0.1", "--patch-size", "3", "--search", "5", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["h"] == 0.1 and metrics["size"] == [3, 20, 24] and metrics["search_window"] == 5
+    assert metrics["denoised"]["psnr"] > metrics["noisy"]["psnr"] + 3
+    assert f"PSNR {metrics['denoised']['psnr']:>7} dB" in printed
+    for name in ("noisy.png", "denoised.png"):
+        with Image.open(out / name) as im:
+            assert im.size == (24, 20) and im.mode == "RGB"
+    # Same seed, same noise; and a second run into the same directory replaces nothing.
+    assert main(["denoise", str(img), "--sigma", "0.1", "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "noisy.png").read_bytes() == (out / "noisy.png").read_bytes()
+    before = (out / "metrics.json").read_bytes()
+    assert main(["denoise", str(img), "--sigma", "0.2", "--out", str(out)]) == 2
+    assert (out / "metrics.json").read_bytes() == before
+    assert "already holds noisy.png, denoised.png, metrics.json" in capsys.readouterr().err
+
+
+def test_denoise_reads_skimage_samples(tmp_path, capsys):
+    import json
+
+    from vitlab.cli.main import main
+
+    assert main(["denoise", "skimage:camera", "--sigma", "0.1", "--search", "3", "--out", str(tmp_path / "o")]) == 0
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert metrics["size"] == [1, 512, 512] and metrics["denoised"]["psnr"] > metrics["noisy"]["psnr"] + 3
+    assert "skimage:camera: 512x512, grey" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.png", "--sigma", "0.1"], "cannot read image missing.png: [Errno 2] No such file"),
+        (["IMG", "--sigma", "-0.1"], "--sigma must be in [0, 1]"),
+        (["IMG", "--sigma", "0"], "--h must be > 0 (give --h when --sigma is 0)"),
+        (["IMG", "--sigma", "0.1", "--search", "4"], "--search must be an odd number >= 1, got 4"),
+        (["IMG", "--sigma", "0.1", "--patch-size", "0"], "--patch-size must be >= 1, got 0"),
+        (["skimage:nope", "--sigma", "0.1"], "scikit-image has no sample image 'nope'"),
+    ],
+)
+def test_denoise_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, message):
+    from vitlab.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    args = [str(_png(tmp_path / "in.png")) if a == "IMG" else a for a in args]
+    assert main(["denoise", *args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("vitlab denoise: error: ") and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_denoise_exit_code_from_the_shell(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [sys.executable, "-m", "vitlab", "denoise", str(tmp_path / "nope.png"), "--sigma", "0.1", "--out", "o"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"vitlab denoise: error: cannot read image {tmp_path / 'nope.png'}: "
+                                        f"[Errno 2] No such file or directory: '{tmp_path / 'nope.png'}'"]  # fmt: skip

@@ -9,7 +9,7 @@ import sys
 
 from vitlab.errors import VitlabError
 
-SUBCOMMANDS = ("train", "eval", "predict", "export", "explain", "models", "bench", "scaling")
+SUBCOMMANDS = ("train", "eval", "predict", "export", "explain", "denoise", "models", "bench", "scaling")
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
