@@ -65,6 +65,9 @@ def nl_means(
         `patch_distance` is its radius, (search_window − 1) // 2).
     sigma: when given, f ← max(f − 2σ², 0) as scikit-image does with its `sigma` (the noise's expected contribution
         taken off); None or 0 keeps the seed's plain exp(−f/h²).
+
+    Runs on img's device, on torch's current number of threads: the work is ~20 whole-image element-wise ops per
+    offset, and on a CPU whose other cores are busy one thread is fastest by far (benchmarks/README.md).
     """
     if not isinstance(patch_size, int) or patch_size < 1:
         raise ConfigError(f"patch_size must be an integer >= 1, got {patch_size!r}")
