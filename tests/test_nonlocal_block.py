@@ -148,3 +148,33 @@ def test_bad_configs_name_the_argument():
     with pytest.raises(ConfigError, match="dim must be 2"):
         NonLocalBlock(4, dim=1)
     assert NonLocalBlock(64).inner_chans == 32 and NonLocalBlock(64, inner_chans=16).inner_chans == 16
+
+
+@pytest.mark.parametrize("chans", [1, 3])
+def test_nl_means_is_a_non_local_operation(chans):
+    """NL-means (Buades et al.) as the non-local operation y_i = Σ_j f(x_i, x_j) g(x_j) / Σ_j f(x_i, x_j) with
+    x_i the patch around pixel i, f = exp(−‖x_i − x_j‖² / h²) and g the identity on the centre pixel, j over the
+    search window. Since ‖x_i‖² is the same for every j, it cancels in the normalisation: f ∝ exp(θ_i·φ_j + b_j) with
+    θ_i = 2x_i/h², φ_j = x_j and b_j = −‖x_j‖²/h², i.e. softmax attention (the embedded gaussian of the non-local
+    block) with a key bias and the window as mask. Both computations give the same image."""
+    from vitlab.classic import nl_means
+    from vitlab.classic.nlmeans import reflect_pad
+    from vitlab.layers import attend
+
+    H, W, k, d, h = 7, 6, 3, 2, 0.3
+    z = torch.rand(1, chans, H, W, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    r = k // 2
+    zp = reflect_pad(z, r + d)  # candidates j: every pixel within d of the image, padding included
+    Hj, Wj = H + 2 * d, W + 2 * d
+    patches = F.unfold(zp, k).transpose(1, 2)  # (1, Hj·Wj, C·k²): x_j, row-major over the grown grid
+    rows, cols = torch.meshgrid(torch.arange(Hj), torch.arange(Wj), indexing="ij")
+    inside = ((rows >= d) & (rows < d + H) & (cols >= d) & (cols < d + W)).flatten()
+    queries = patches[:, inside]  # (1, H·W, C·k²): x_i
+    scale = 1.0 / (k * k * chans * h * h)  # nl_means' f is a mean over the patch's k²·C values
+    qr, qc = rows.flatten()[inside], cols.flatten()[inside]
+    window = ((qr[:, None] - rows.flatten()[None]).abs() <= d) & ((qc[:, None] - cols.flatten()[None]).abs() <= d)
+    bias = -scale * patches.square().sum(-1)[:, None, :] + torch.where(window, 0.0, -math.inf)  # (1, H·W, Hj·Wj)
+    values = zp[:, :, r : r + Hj, r : r + Wj].flatten(2).transpose(1, 2)  # g(x_j): the centre pixels (1, Hj·Wj, C)
+    y, _ = attend(queries[:, None], patches[:, None], values[:, None], bias=bias[:, None], scale=2 * scale)
+    got = y[0, 0].T.reshape(1, chans, H, W)
+    torch.testing.assert_close(got, nl_means(z, h=h, patch_size=k, search_window=2 * d + 1).double(), atol=1e-5, rtol=0)
