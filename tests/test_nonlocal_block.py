@@ -112,10 +112,24 @@ def test_embedded_gaussian_is_softmax_attention():
         weights = block.pairwise_weights(x)
         torch.testing.assert_close(weights, (theta @ phi.transpose(1, 2)).softmax(-1))
         torch.testing.assert_close(weights.sum(-1), torch.ones(2, 15))
-        block.attn_scale = True  # the official code's default: SDPA's own 1/sqrt(Ci)
-        y = F.scaled_dot_product_attention(theta, phi, g)
+        scaled = NonLocalBlock(8, pairwise="embedded_gaussian", attn_scale=True).eval()
+        scaled.load_state_dict(block.state_dict())
+        y = F.scaled_dot_product_attention(theta, phi, g)  # the official code's default: SDPA's own 1/sqrt(Ci)
         want = block.norm(block.w_z(y.transpose(1, 2).reshape(2, 4, 5, 3))) + x
-        torch.testing.assert_close(block(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(scaled(x), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("pairwise", PAIRWISE)
+def test_torchscript_and_fx_equal_eager(dim, pairwise):
+    from vitlab.fx import symbolic_trace
+
+    block = _perturbed(NonLocalBlock(6, pairwise=pairwise, dim=dim, sub_sample=True, attn_scale=True))
+    x = torch.randn(SHAPES[dim])
+    with torch.no_grad():
+        want = block(x)
+        torch.testing.assert_close(torch.jit.script(block)(x), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(symbolic_trace(block)(x), want, rtol=1e-5, atol=1e-5)
 
 
 def test_space_time_block_on_video():

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from vitlab.errors import ConfigError, shape_text
+from vitlab.fx import notrace
 from vitlab.layers.attention import attend
 
 PAIRWISE = ("gaussian", "embedded_gaussian", "dot_product", "concatenation")
@@ -67,13 +68,16 @@ class NonLocalBlock(nn.Module):
             raise ConfigError(f"in_chans and inner_chans must be >= 1, got {in_chans} and {inner}")
         self.pairwise, self.dim, self.in_chans, self.inner_chans = pairwise, dim, in_chans, inner
         self.attn_scale = attn_scale
+        self.softmax = pairwise in ("gaussian", "embedded_gaussian")  # C(x) = Σ_j f; else C(x) = N
+        query_chans = in_chans if pairwise == "gaussian" else inner
+        self.scale = query_chans**-0.5 if attn_scale else 1.0
         conv = nn.Conv2d if dim == 2 else nn.Conv3d
+        # The plain gaussian compares the input itself (Sec. 3.2): θ and φ are the identity there.
+        self.theta = nn.Identity() if pairwise == "gaussian" else conv(in_chans, inner, 1)
+        self.phi = nn.Identity() if pairwise == "gaussian" else conv(in_chans, inner, 1)
         self.g = conv(in_chans, inner, 1)
-        if pairwise != "gaussian":  # the plain gaussian compares the input itself (Sec. 3.2)
-            self.theta = conv(in_chans, inner, 1)
-            self.phi = conv(in_chans, inner, 1)
-        if pairwise == "concatenation":
-            self.concat_project = nn.Linear(2 * inner, 1, bias=False)  # w_f
+        # w_f of concatenation; None otherwise (TorchScript resolves the None statically)
+        self.concat_project = nn.Linear(2 * inner, 1, bias=False) if pairwise == "concatenation" else None
         if sub_sample:
             self.pool = nn.MaxPool2d(2) if dim == 2 else nn.MaxPool3d((1, 2, 2))  # space only, as the official code
         else:
@@ -89,44 +93,42 @@ class NonLocalBlock(nn.Module):
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """θ (B, N, Dq), φ (B, M, Dq), g (B, M, Ci); Dq = C for gaussian, Ci otherwise."""
-        self._check(x)
-        if self.pairwise == "gaussian":
-            theta, phi = x, self.pool(x)
-        else:
-            theta, phi = self.theta(x), self.pool(self.phi(x))
-        g = self.pool(self.g(x))
-        return tuple(t.flatten(2).transpose(1, 2) for t in (theta, phi, g))  # (B, positions, channels)
+        check_input(x, self.dim, self.in_chans)
+        theta = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, Dq)
+        phi = self.pool(self.phi(x)).flatten(2).transpose(1, 2)  # (B, M, Dq)
+        g = self.pool(self.g(x)).flatten(2).transpose(1, 2)  # (B, M, Ci)
+        return theta, phi, g
 
-    def _logits_or_f(self, theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        """θᵀφ (B, N, M) for the softmax forms; f itself for dot_product and concatenation."""
-        if self.pairwise == "concatenation":
+    def _f(self, theta: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        """f(x_i, x_j) (B, N, M) of dot_product and concatenation."""
+        if self.concat_project is not None:
             w = self.concat_project.weight[0]  # (2 Ci,): w_fᵀ [θ_i, φ_j] = w_θᵀ θ_i + w_φᵀ φ_j, no (N, M, 2Ci) tensor
             ci = self.inner_chans
-            return torch.relu((theta @ w[:ci])[:, :, None] + (phi @ w[ci:])[:, None, :])
+            return torch.relu((theta @ w[:ci]).unsqueeze(2) + (phi @ w[ci:]).unsqueeze(1))
         return theta @ phi.transpose(1, 2)
 
-    def _scale(self, d: int) -> float:
-        return d**-0.5 if self.attn_scale else 1.0
-
+    @torch.jit.ignore
     def pairwise_weights(self, x: torch.Tensor) -> torch.Tensor:
         """f(x_i, x_j) / C(x) for every query i and key j: (B, N, M); rows sum to 1 for the softmax forms."""
         theta, phi, _ = self._embed(x)
-        if self.pairwise in ("gaussian", "embedded_gaussian"):
-            return (theta @ phi.transpose(1, 2) * self._scale(theta.shape[-1])).softmax(dim=-1)
-        return self._logits_or_f(theta, phi) / phi.shape[1]
+        if self.softmax:
+            return (theta @ phi.transpose(1, 2) * self.scale).softmax(dim=-1)
+        return self._f(theta, phi) / phi.shape[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         theta, phi, g = self._embed(x)  # (B, N, Dq), (B, M, Dq), (B, M, Ci)
-        if self.pairwise in ("gaussian", "embedded_gaussian"):
-            y, _ = attend(theta[:, None], phi[:, None], g[:, None], scale=self._scale(theta.shape[-1]))
-            y = y[:, 0]  # (B, N, Ci)
+        if self.softmax:
+            y, _ = attend(theta.unsqueeze(1), phi.unsqueeze(1), g.unsqueeze(1), scale=self.scale)
+            y = y.squeeze(1)  # (B, N, Ci)
         else:
-            y = (self._logits_or_f(theta, phi) / phi.shape[1]) @ g  # (B, N, M) @ (B, M, Ci)
-        y = y.transpose(1, 2).reshape(x.shape[0], self.inner_chans, *x.shape[2:])  # (B, Ci, [T,] H, W)
+            y = (self._f(theta, phi) / phi.shape[1]) @ g  # (B, N, M) @ (B, M, Ci)
+        y = y.transpose(1, 2).unflatten(2, x.shape[2:])  # (B, Ci, [T,] H, W)
         return self.norm(self.w_z(y)) + x
 
-    def _check(self, x: torch.Tensor) -> None:
-        if x.ndim != self.dim + 2 or x.shape[1] != self.in_chans:
-            layout = "(B, C, H, W)" if self.dim == 2 else "(B, C, T, H, W)"
-            raise ConfigError(f"NonLocalBlock(dim={self.dim}, in_chans={self.in_chans}) expects {layout} with "
-                              f"C = {self.in_chans}, got {shape_text(x)}")  # fmt: skip
+
+@notrace  # a check on sizes: one opaque call in a traced graph
+def check_input(x: torch.Tensor, dim: int, in_chans: int) -> None:
+    if x.ndim != dim + 2 or x.shape[1] != in_chans:
+        layout = "(B, C, H, W)" if dim == 2 else "(B, C, T, H, W)"
+        raise ConfigError(f"NonLocalBlock(dim={dim}, in_chans={in_chans}) expects {layout} with C = {in_chans}, "
+                          f"got {shape_text(x)}")  # fmt: skip
