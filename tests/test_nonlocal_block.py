@@ -192,3 +192,41 @@ def test_nl_means_is_a_non_local_operation(chans):
     y, _ = attend(queries[:, None], patches[:, None], values[:, None], bias=bias[:, None], scale=2 * scale)
     got = y[0, 0].T.reshape(1, chans, H, W)
     torch.testing.assert_close(got, nl_means(z, h=h, patch_size=k, search_window=2 * d + 1).double(), atol=1e-5, rtol=0)
+
+
+# resnet50_nonlocal (vitlab.models.nonlocal_net)
+
+
+def test_resnet50_nonlocal_has_five_blocks_in_res3_and_res4():
+    import vitlab
+
+    with torch.device("meta"):
+        m = vitlab.create_model("resnet50_nonlocal")
+        plain = vitlab.create_model("resnet50")
+    names = [n for n, mod in m.named_modules() if isinstance(mod, NonLocalBlock)]
+    # Sec. 4.1: 2 in res3 (layer2, 4 blocks) and 3 in res4 (layer3, 6 blocks), after every other residual block.
+    assert names == [f"layer{s}.{i}.nonlocal_block" for s, i in ((2, 1), (2, 3), (3, 1), (3, 3), (3, 5))]
+    # Each block: θ, φ, g (C -> C/2, with bias), W_z (C/2 -> C, with bias) and BN (2C): C = 512 in res3, 1024 in res4.
+    per_block = {c: 3 * (c * c // 2 + c // 2) + (c // 2 * c + c) + 2 * c for c in (512, 1024)}
+    assert per_block == {512: 526_592, 1024: 2_101_760}
+    count = sum(p.numel() for p in m.parameters())
+    assert count == 25_557_032 + 2 * per_block[512] + 3 * per_block[1024] == 32_915_496
+    assert count - sum(p.numel() for p in plain.parameters()) == 7_358_464
+
+
+def test_resnet50_nonlocal_starts_as_its_resnet():
+    """Every ResNet weight keeps its name, so a ResNet checkpoint fills them; the non-local blocks start as the
+    identity, so the network then computes exactly what the ResNet computes (the paper's initialisation)."""
+    import vitlab
+
+    small = dict(layers=(1, 2, 2, 1), img_size=64, num_classes=5)
+    plain = vitlab.create_model("resnet50", **small).eval()
+    torch.nn.init.normal_(plain.layer3[1].bn3.weight)  # not the zero-init residual: the blocks do something
+    m = vitlab.create_model("resnet50_nonlocal", **small).eval()
+    result = m.load_state_dict(plain.state_dict(), strict=False)
+    assert not result.unexpected_keys and all(".nonlocal_block." in k for k in result.missing_keys)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(m(x), plain(x))
+    with pytest.raises(ValueError, match="bottleneck"):
+        vitlab.create_model("resnet50_nonlocal", block="basic")
