@@ -224,6 +224,9 @@ def test_denoise_reads_skimage_samples(tmp_path, capsys):
         (["IMG", "--sigma", "0.1", "--search", "4"], "--search must be an odd number >= 1, got 4"),
         (["IMG", "--sigma", "0.1", "--patch-size", "0"], "--patch-size must be >= 1, got 0"),
         (["skimage:nope", "--sigma", "0.1"], "scikit-image has no sample image 'nope'"),
+        (["IMG", "--sigma", "0.1", "--search-window", "0"], "--search must be an odd number >= 1, got 0"),
+        (["IMG", "--sigma", "0.1", "--threads", "0"], "--threads must be >= 1, got 0"),
+        (["IMG", "--sigma", "0.1", "--h", "-1"], "--h must be > 0, got -1.0"),
     ],
 )
 def test_denoise_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, args, message):

@@ -29,7 +29,8 @@ def add_parser(sub, argv: list[str]) -> None:
     p.add_argument(
         "--subtract-noise",
         action="store_true",
-        help="take the noise's 2 sigma^2 off each patch distance (scikit-image's sigma=); default: the plain formula",
+        help="take the noise's 2 sigma^2 off each patch distance (scikit-image's sigma=; then h of 0.6-0.8 sigma does "
+        "best, benchmarks/README.md); default: the plain formula, best near h = sigma",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the added noise")
     p.add_argument(
