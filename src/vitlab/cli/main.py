@@ -9,7 +9,19 @@ import sys
 
 from vitlab.errors import VitlabError
 
-SUBCOMMANDS = ("train", "eval", "predict", "detect", "export", "explain", "data", "models", "bench", "scaling")
+SUBCOMMANDS = (
+    "train",
+    "eval",
+    "predict",
+    "detect",
+    "export",
+    "explain",
+    "denoise",
+    "data",
+    "models",
+    "bench",
+    "scaling",
+)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:

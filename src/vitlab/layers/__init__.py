@@ -3,6 +3,7 @@
 from vitlab.layers.attention import Attention, attend
 from vitlab.layers.drop_path import DropPath
 from vitlab.layers.mlp import Mlp
+from vitlab.layers.nonlocal_block import NonLocalBlock
 from vitlab.layers.patch_embed import PatchEmbed
 from vitlab.layers.pos_embed import resample_pos_embed, sincos_pos_embed_2d
 
@@ -11,6 +12,7 @@ __all__ = [
     "attend",
     "DropPath",
     "Mlp",
+    "NonLocalBlock",
     "PatchEmbed",
     "resample_pos_embed",
     "sincos_pos_embed_2d",

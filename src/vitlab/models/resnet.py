@@ -114,7 +114,7 @@ class ResNet(ModelBase):
         for i, (n, width) in enumerate(zip(cfg.layers, cfg.widths, strict=True)):
             blocks = []
             for j in range(n):
-                blocks.append(block(in_ch, width, stride=2 if (i > 0 and j == 0) else 1))
+                blocks.append(self._make_block(block, i, j, in_ch, width, stride=2 if (i > 0 and j == 0) else 1))
                 in_ch = width * block.expansion
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         for m in self.modules():
@@ -125,6 +125,10 @@ class ResNet(ModelBase):
                 if isinstance(m, BasicBlock | Bottleneck):
                     nn.init.zeros_(m.last_norm().weight)
         self.fc = make_head(self.num_features, cfg.num_classes)
+
+    def _make_block(self, block: type[nn.Module], stage: int, index: int, in_ch: int, width: int, stride: int):
+        """Residual block `index` of stage `stage` (both 0-based); models/nonlocal_net.py adds non-local blocks here."""
+        return block(in_ch, width, stride)
 
     @property
     def stages(self) -> list[nn.Sequential]:
