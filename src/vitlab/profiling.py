@@ -28,11 +28,14 @@ def model_stats(name: str, img_size: int | None = None, flops: bool = True, **ov
         model = create_model(name, img_size=img_size, **overrides)
     params = sum(p.numel() for p in model.parameters())
     cfg = model.cfg
+    # detectors have no fixed input size: they are counted at their backbone's pretrained_cfg size
+    size = getattr(cfg, "img_size", None) or model.pretrained_cfg["input_size"][-1]
+    chans = getattr(cfg, "in_chans", None) or model.pretrained_cfg["input_size"][0]
     total = 0
-    if flops:
+    if flops and hasattr(cfg, "img_size"):  # a detector's FLOPs depend on the image: not counted here
         with torch.device("meta"):
-            x = torch.empty(1, cfg.in_chans, cfg.img_size, cfg.img_size)
+            x = torch.empty(1, chans, size, size)
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model.eval()(x)
         total = counter.get_total_flops()
-    return ModelStats(name, params, total, cfg.img_size)
+    return ModelStats(name, params, total, size)

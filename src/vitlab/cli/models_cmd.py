@@ -28,8 +28,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'model':<{width}}  {'img':>4}  {'params':>13}  {'GFLOPs':>8}  {'GMACs':>8}")
     for name in names:
         s = model_stats(name, args.img_size, flops=not args.no_flops)
-        fl = "-" if args.no_flops else f"{s.flops / 1e9:8.3f}"
-        ma = "-" if args.no_flops else f"{s.gmacs:8.3f}"
+        counted = not args.no_flops and s.flops > 0  # detectors: not counted (their FLOPs depend on the image)
+        fl = f"{s.flops / 1e9:8.3f}" if counted else "-"
+        ma = f"{s.gmacs:8.3f}" if counted else "-"
         print(f"{name:<{width}}  {s.img_size:>4}  {s.params:>13,}  {fl:>8}  {ma:>8}")
     print("GFLOPs from torch.utils.flop_counter (multiply-add = 2); papers' 'FLOPs' are GMACs.")
     return 0
