@@ -45,6 +45,17 @@ _HF_BLOCK_PARTS = [
 _HF_QKV = re.compile(r"^(.*)\.self_attn\.([qkv])_proj\.(weight|bias)$")
 
 
+def _rename(key: str, rules, parts) -> str:
+    """The first regex rule that matches `key` applied, then every block-part substring replacement."""
+    for pattern, repl in rules:
+        key, n = re.subn(pattern, repl, key)
+        if n:
+            break
+    for old, new in parts:
+        key = key.replace(old, new)
+    return key
+
+
 def is_clip_hf(state: dict) -> bool:
     return "vision_model.embeddings.class_embedding" in state and "text_projection.weight" in state
 
@@ -55,12 +66,7 @@ def convert_clip_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     for key, value in state.items():
         if key.endswith("position_ids"):
             continue  # a buffer older transformers saved; vitlab indexes its tables directly
-        for pattern, repl in _HF_RULES:
-            key, n = re.subn(pattern, repl, key)
-            if n:
-                break
-        for old, new in _HF_BLOCK_PARTS:
-            key = key.replace(old, new)
+        key = _rename(key, _HF_RULES, _HF_BLOCK_PARTS)
         m = _HF_QKV.match(key)
         if m:
             qkv.setdefault((m[1], m[3]), {})[m[2]] = value
@@ -114,12 +120,7 @@ def convert_clip_openai(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         if key in _OPENAI_PROJECTIONS:
             out[_OPENAI_PROJECTIONS[key]] = value.t().contiguous()  # used as x @ proj: (D, E) -> Linear's (E, D)
             continue
-        for pattern, repl in _OPENAI_RULES:
-            key, n = re.subn(pattern, repl, key)
-            if n:
-                break
-        for old, new in _OPENAI_BLOCK_PARTS:
-            key = key.replace(old, new)
+        key = _rename(key, _OPENAI_RULES, _OPENAI_BLOCK_PARTS)
         out[key] = value
     return out
 
