@@ -171,3 +171,35 @@ def test_r101_parameter_count():
     # R50's 41,524,768 + ResNet-101's extra 17 bottlenecks (18,992,128 with BN affine) - their frozen BN affine
     # (17 x 2 x (256 + 256 + 1024) = 52,224), which are buffers as in the reference
     assert sum(p.numel() for p in model.parameters()) == 41_524_768 + 18_992_128 - 52_224
+
+
+def test_dc5_is_resnet50_at_stride_16_with_the_same_parameters():
+    """DETR-DC5 (sec. 4): the last stage dilated instead of strided, so the map doubles in side; no new weights."""
+    plain, dc5 = create_model("detr_resnet50").eval(), create_model("detr_resnet50_dc5").eval()
+    assert sum(p.numel() for p in dc5.parameters()) == sum(p.numel() for p in plain.parameters())
+    assert dc5.backbone.feature_info.reduction() == [16] and plain.backbone.feature_info.reduction() == [32]
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        assert dc5.backbone(x)[-1].shape[-2:] == (4, 6) and plain.backbone(x)[-1].shape[-2:] == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    ["swin_tiny_patch4_window7_224", "convnext_tiny", "vit_small_patch16_224", "cvt_13_224", "resnet50"],
+)
+def test_any_pyramid_backbone_detects_a_padded_batch(backbone):
+    """`--backbone NAME`: DETR on a Swin (NHWC maps), a ConvNeXt, a ViT (its last map, the position table resized to
+    each batch and the batch padded to whole patches), a CvT; images of two sizes in one padded batch."""
+    from vitlab.registry import get_entry
+
+    small = get_entry(backbone).config_cls().test_overrides()
+    small.pop("img_size", None)
+    model = create_model("detr_tiny", backbone=backbone, backbone_kwargs=small, backbone_index=-1, num_classes=3)
+    images, mask = torch.randn(2, 3, 72, 100), torch.ones(2, 72, 100, dtype=torch.bool)
+    mask[1, 60:, :], mask[1, :, 90:] = False, False  # the second image is 60x90, padded
+    out = model.train()(images, mask)
+    assert out.logits.shape == (2, 20, 4) and out.pred_boxes.shape == (2, 20, 4)
+    (out.logits.sum() + out.pred_boxes.sum()).backward()
+    first = model.backbone.model.get_submodule(model.backbone.model.first_conv)
+    assert first.weight.grad is not None and first.weight.grad.abs().sum() > 0  # the loss reaches the stem
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -90,6 +90,17 @@ def test_forward_intermediates_match_timm(tmp_path, name, size):
     assert ours.feature_info == ref.feature_info
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_dilated_resnet_matches_timm(tmp_path, name, output_stride):
+    """`output_stride` (DETR-DC5's backbone is resnet50 at 16): dilation instead of stride, as timm's."""
+    ref, ours = _pair(tmp_path, name, num_classes=10, output_stride=output_stride)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        _close(ours.forward_intermediates(x), ref.forward_intermediates(x))
+    assert ours.feature_info == ref.feature_info
+
+
 @pytest.mark.parametrize("name,size", CONTRACT.items())
 @pytest.mark.parametrize("out_indices", [None, (1, 2)])
 @pytest.mark.parametrize("feature_cls", [None, "getter"])

@@ -10,11 +10,12 @@ import argparse
 import dataclasses
 import typing
 
-from vitlab.engine.config import TrainConfig
+from vitlab.engine.config import RUN_DEFAULTS, TrainConfig
 from vitlab.engine.tasks import TASKS, get_task
 
 
-def _add_fields(group, cls: type, skip: set[str] = frozenset()) -> None:
+def _add_fields(group, cls: type, skip: set[str] = frozenset(), run_defaults: dict | None = None) -> None:
+    """One flag per field; a run flag whose default is the task's shows the chosen task's value."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip or not f.metadata.get("cli", True):
@@ -25,7 +26,10 @@ def _add_fields(group, cls: type, skip: set[str] = frozenset()) -> None:
             group.add_argument(flag, action="store_true", help=help_)
             continue
         base = next((t for t in typing.get_args(typ) if t is not type(None)), typ)
-        group.add_argument(flag, type=base, default=f.default, help=f"{help_} (default: {f.default})")
+        shown = f.default
+        if f.metadata.get("run_default"):
+            shown = (run_defaults or {}).get(f.name, RUN_DEFAULTS[f.name])
+        group.add_argument(flag, type=base, default=f.default, help=f"{help_} (default: {shown})")
 
 
 def chosen_task(argv: list[str]) -> str:
@@ -48,7 +52,7 @@ def add_parser(sub, argv: list[str]) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     p.add_argument("--task", choices=list(TASKS), default="classification", help="what to train (see above)")
-    _add_fields(p.add_argument_group("run and optimiser"), TrainConfig, skip={"task"})
+    _add_fields(p.add_argument_group("run and optimiser"), TrainConfig, skip={"task"}, run_defaults=task.run_defaults)
     if dataclasses.fields(task.config_cls):
         _add_fields(p.add_argument_group(f"--task {task.name}"), task.config_cls)
     p.set_defaults(run=run)

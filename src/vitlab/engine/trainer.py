@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from vitlab.data import DataSplits
-from vitlab.engine.config import TrainConfig, flag
+from vitlab.engine.config import TrainConfig, flag, resolve_run_defaults
 from vitlab.engine.distributed import DistContext, all_reduce_sum, barrier, init_distributed, shutdown
 from vitlab.engine.ema import ModelEma
 from vitlab.engine.evaluators import EvalResult, Evaluator, evaluate
@@ -202,9 +202,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
             )
         cfg = dataclasses.replace(saved_cfg, **{k: getattr(cfg, k) for k in RESUME_MUTABLE})
     task = get_task(cfg.task)
-    if not cfg.resume:  # the task's starting values for run flags left at their defaults (a resumed run has its own)
-        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-        cfg = dataclasses.replace(cfg, **{k: v for k, v in task.run_defaults.items() if getattr(cfg, k) == defaults[k]})
+    cfg = resolve_run_defaults(cfg, task.run_defaults)  # a resumed run's saved values are all set already
     tcfg = task.config_cls() if cfg.task_cfg is None else cfg.task_cfg
     if not isinstance(tcfg, task.config_cls):
         raise ConfigError(f"task_cfg is a {type(tcfg).__name__}; --task {task.name} takes a {task.config_cls.__name__}")

@@ -12,7 +12,7 @@ separate q/k/v projections (as in HF's port), and the output is a named dataclas
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn as nn
@@ -222,6 +222,8 @@ class DETR(nn.Module):
         self.decoder_norm = nn.LayerNorm(D)
         self.class_head = nn.Linear(D, cfg.num_classes + 1)
         self.box_head = BoxHead(D)
+        # a patch model cuts whole patches: the batch is padded (and masked) up to a multiple of its patch size
+        self.size_multiple = int(getattr(backbone.model, "patch_size", 1))
 
     @property
     def num_classes(self) -> int:
@@ -248,6 +250,11 @@ class DETR(nn.Module):
         B = images.shape[0]
         if pixel_mask is None:
             pixel_mask = torch.ones(B, *images.shape[2:], dtype=torch.bool, device=images.device)
+        m = self.size_multiple
+        pad_h, pad_w = -images.shape[-2] % m, -images.shape[-1] % m
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h))
+            pixel_mask = F.pad(pixel_mask, (0, pad_w, 0, pad_h))  # False: padding
         fmap = self.backbone(images)[-1]  # (B, C, Hf, Wf)
         mask = F.interpolate(pixel_mask[None].float(), size=fmap.shape[-2:])[0].bool()  # (B, Hf, Wf), nearest
         pos = sine_position_encoding(mask, self.cfg.d_model, self.cfg.pos_temperature).to(fmap.dtype)
@@ -270,14 +277,19 @@ class DETR(nn.Module):
 
 def build_detr(cfg: DetrConfig) -> DETR:
     """DETR on `cfg.backbone` (any registered model with a feature pyramid), feature level `cfg.backbone_index`."""
-    backbone = get_entry(cfg.backbone).factory(**cfg.backbone_kwargs)
+    entry = get_entry(cfg.backbone)
+    kwargs = dict(cfg.backbone_kwargs)
+    if any(f.name == "dynamic_img_size" for f in fields(entry.config_cls)):
+        kwargs.setdefault("dynamic_img_size", True)  # a ViT's position table follows each batch's size
+    backbone = entry.factory(**kwargs)
     backbone.model_name = cfg.backbone
-    return DETR(cfg, FeatureNet(backbone, out_indices=(cfg.backbone_index,)))
+    return DETR(cfg, FeatureNet(backbone, out_indices=(cfg.backbone_index,), output_fmt="NCHW"))
 
 
 # The paper's models and a CPU-sized one, registered as detectors (`create_model("detr_resnet50")`).
 DETR_VARIANTS: dict[str, dict] = {
     "detr_resnet50": dict(backbone="resnet50"),  # 41.5M, AP 42.0 (Table 1)
+    "detr_resnet50_dc5": dict(backbone="resnet50", backbone_kwargs=dict(output_stride=16)),  # 41.5M, AP 43.3
     "detr_resnet101": dict(backbone="resnet101"),  # 60M, AP 43.5
     "detr_tiny": dict(  # ~0.1 s per step of 16 small images on 2 CPU cores: the shapes set and tests
         backbone="resnet18",

@@ -54,8 +54,11 @@ class NonLocalResNetConfig(ResNetConfig):
 class NonLocalBottleneck(Bottleneck):
     """A bottleneck block followed by a non-local block over its output: z = NL(Bottleneck(x))."""
 
-    def __init__(self, in_ch: int, width: int, stride: int, *, pairwise: str, sub_sample: bool) -> None:
-        super().__init__(in_ch, width, stride)
+    def __init__(
+        self, in_ch: int, width: int, stride: int, first_dilation: int = 1, dilation: int = 1, *, pairwise: str,
+        sub_sample: bool,
+    ) -> None:  # fmt: skip
+        super().__init__(in_ch, width, stride, first_dilation, dilation)
         self.nonlocal_block = NonLocalBlock(width * self.expansion, pairwise=pairwise, sub_sample=sub_sample)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # Bottleneck's, spelled out: TorchScript has no super()
@@ -70,11 +73,16 @@ class NonLocalResNet(ResNet):
     """Shapes: as ResNet, (B, C, H, W) -> features (B, 2048, H/32, W/32) -> logits (B, num_classes). ResNet's He
     initialisation reaches the non-local convs too; their BatchNorm scale stays 0, so each block is the identity."""
 
-    def _make_block(self, block: type[nn.Module], stage: int, index: int, in_ch: int, width: int, stride: int):
+    def _make_block(
+        self, block: type[nn.Module], stage: int, index: int, in_ch: int, width: int, stride: int,
+        first_dilation: int = 1, dilation: int = 1,
+    ):  # fmt: skip
         cfg: NonLocalResNetConfig = self.cfg
         if not cfg.nonlocal_after(stage, index):
-            return block(in_ch, width, stride)
-        return NonLocalBottleneck(in_ch, width, stride, pairwise=cfg.pairwise, sub_sample=cfg.sub_sample)
+            return block(in_ch, width, stride, first_dilation, dilation)
+        return NonLocalBottleneck(
+            in_ch, width, stride, first_dilation, dilation, pairwise=cfg.pairwise, sub_sample=cfg.sub_sample
+        )
 
 
 register_variants(

@@ -30,11 +30,15 @@ class ResNetConfig(ImageModelConfig):
     stem_width: int = 64  # channels of the 7x7/2 stem conv
     widths: tuple[int, ...] = (64, 128, 256, 512)  # inner width per stage; output = width x expansion
     zero_init_last: bool = True  # start each residual branch at zero (last BN gamma = 0)
+    # 32 as the paper; 16 or 8 trade the last stages' strides for dilation (timm's `output_stride`; DETR-DC5 is 16)
+    output_stride: int = 32
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+        if self.output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {self.output_stride}")
         if not all(n >= 1 for n in self.layers):
             raise ValueError(f"layers (blocks per stage) must be positive, got {self.layers}")
 
@@ -45,11 +49,13 @@ class ResNetConfig(ImageModelConfig):
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_ch: int, width: int, stride: int) -> None:
+    def __init__(self, in_ch: int, width: int, stride: int, first_dilation: int = 1, dilation: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, width, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(
+            in_ch, width, 3, stride=stride, padding=first_dilation, dilation=first_dilation, bias=False
+        )
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.act = nn.ReLU(inplace=True)
         self.downsample = _shortcut(in_ch, width, stride)
@@ -66,12 +72,14 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_ch: int, width: int, stride: int) -> None:
+    def __init__(self, in_ch: int, width: int, stride: int, first_dilation: int = 1, dilation: int = 1) -> None:
         super().__init__()
         out = width * self.expansion
         self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(
+            width, width, 3, stride=stride, padding=first_dilation, dilation=first_dilation, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
@@ -110,12 +118,15 @@ class ResNet(ModelBase):
         self.bn1 = nn.BatchNorm2d(cfg.stem_width)
         self.act1 = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        in_ch = cfg.stem_width
-        for i, (n, width) in enumerate(zip(cfg.layers, cfg.widths, strict=True)):
+        in_ch, prev_dilation = cfg.stem_width, 1
+        for i, (n, width, (stride, dilation)) in enumerate(zip(cfg.layers, cfg.widths, self._strides(), strict=True)):
             blocks = []
             for j in range(n):
-                blocks.append(self._make_block(block, i, j, in_ch, width, stride=2 if (i > 0 and j == 0) else 1))
-                in_ch = width * block.expansion
+                # a block's first 3x3 conv keeps the previous block's dilation (as timm and torchvision)
+                blocks.append(
+                    self._make_block(block, i, j, in_ch, width, stride if j == 0 else 1, prev_dilation, dilation)
+                )
+                in_ch, prev_dilation = width * block.expansion, dilation
             self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -126,9 +137,24 @@ class ResNet(ModelBase):
                     nn.init.zeros_(m.last_norm().weight)
         self.fc = make_head(self.num_features, cfg.num_classes)
 
-    def _make_block(self, block: type[nn.Module], stage: int, index: int, in_ch: int, width: int, stride: int):
+    def _strides(self) -> list[tuple[int, int]]:
+        """(stride, dilation) per stage: stages past `output_stride` keep stride 1 and double their dilation."""
+        out, net, dilation = [], 4, 1
+        for i in range(len(self.cfg.layers)):
+            stride = 1 if i == 0 else 2
+            if net >= self.cfg.output_stride and stride > 1:
+                dilation, stride = dilation * stride, 1
+            else:
+                net *= stride
+            out.append((stride, dilation))
+        return out
+
+    def _make_block(
+        self, block: type[nn.Module], stage: int, index: int, in_ch: int, width: int, stride: int,
+        first_dilation: int = 1, dilation: int = 1,
+    ):  # fmt: skip
         """Residual block `index` of stage `stage` (both 0-based); models/nonlocal_net.py adds non-local blocks here."""
-        return block(in_ch, width, stride)
+        return block(in_ch, width, stride, first_dilation, dilation)
 
     @property
     def stages(self) -> list[nn.Sequential]:
@@ -156,9 +182,10 @@ class ResNet(ModelBase):
         return x, outs
 
     def _feature_info(self) -> list[dict]:
-        info = [dict(num_chs=self.cfg.stem_width, reduction=2, module="act1")]
-        for i, stage in enumerate(self.stages):
-            info.append(dict(num_chs=stage[-1].last_norm().num_features, reduction=4 * 2**i, module=f"layer{i + 1}"))
+        info, reduction = [dict(num_chs=self.cfg.stem_width, reduction=2, module="act1")], 2
+        for i, (stage, (stride, _)) in enumerate(zip(self.stages, self._strides(), strict=True)):
+            reduction *= stride if i else 2 * stride  # layer1 follows the stride-2 max-pool
+            info.append(dict(num_chs=stage[-1].last_norm().num_features, reduction=reduction, module=f"layer{i + 1}"))
         return info
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

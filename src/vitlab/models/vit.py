@@ -14,8 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from vitlab.fx import notrace
 from vitlab.layers import Attention, DropPath, Mlp, PatchEmbed, resample_pos_embed, sincos_pos_embed_2d
 from vitlab.models.base import (
     HALF,
@@ -48,6 +50,8 @@ class ViTConfig(ImageModelConfig):
     # Resolved at construction, so a later change of global_pool (reset_classifier) keeps the built layout.
     fc_norm: bool | None = None
     pos_embed: str = "learned"  # "learned" 1-D table (ViT), fixed 2-D "sincos" (MAE, big_vision), "none" (CPVT)
+    # any multiple of the patch size, the position table resized (bicubic) to each input's grid (timm's name)
+    dynamic_img_size: bool = False
     norm_eps: float = 1e-6  # LayerNorm epsilon: 1e-6 in JAX/timm, 1e-12 in HF transformers' configs
     drop_rate: float = 0.0  # dropout after position embedding, in MLPs and before the head
     attn_drop_rate: float = 0.0  # dropout on attention probabilities
@@ -70,6 +74,16 @@ class ViTConfig(ImageModelConfig):
 
     def test_overrides(self) -> dict:
         return dict(depth=2, img_size=self.patch_size * 3, drop_path_rate=0.0)
+
+
+@notrace  # the resize depends on the input size
+def pos_embed_for_grid(pos: torch.Tensor, own: int, grid: tuple[int, int], num_prefix: int) -> torch.Tensor:
+    """The (1, prefix + own*own, D) table bicubically resized to `grid` (dynamic_img_size); as it is on its own grid."""
+    if grid[0] == own and grid[1] == own:
+        return pos
+    table = pos[:, num_prefix:].reshape(1, own, own, -1).permute(0, 3, 1, 2)  # (1, D, own, own)
+    table = F.interpolate(table, size=grid, mode="bicubic", align_corners=False)
+    return torch.cat([pos[:, :num_prefix], table.flatten(2).transpose(1, 2)], dim=1)  # (1, prefix + Hp*Wp, D)
 
 
 class Block(nn.Module):
@@ -104,7 +118,9 @@ class VisionTransformer(ModelBase):
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__(cfg, num_features=cfg.embed_dim)
-        self.fixed_input_size = cfg.pos_embed != "none"  # a learned or sincos table fixes the grid (CPVT: any size)
+        # a learned or sincos table fixes the grid unless resized per input (CPVT: any size)
+        self.fixed_input_size = cfg.pos_embed != "none" and not cfg.dynamic_img_size
+        self.dynamic_img_size = cfg.dynamic_img_size
         D = cfg.embed_dim
         self.patch_size = cfg.patch_size
         self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled)
@@ -147,8 +163,9 @@ class VisionTransformer(ModelBase):
         """Images -> patch tokens (B, N, D); hybrid models put a CNN here."""
         # Without a position table the model runs at any multiple of the patch size (CPVT).
         return PatchEmbed(
-            cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim, strict_size=cfg.pos_embed != "none"
-        )
+            cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim,
+            strict_size=cfg.pos_embed != "none" and not cfg.dynamic_img_size,
+        )  # fmt: skip
 
     # ----- public API -----------------------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
@@ -161,7 +178,7 @@ class VisionTransformer(ModelBase):
     def attention_layers(self) -> list[Attention]:
         return [blk.attn for blk in self.blocks]
 
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+    def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         B = x.shape[0]
         prefix: list[torch.Tensor] = []
         if self.cls_token is not None:
@@ -169,13 +186,18 @@ class VisionTransformer(ModelBase):
         if self.dist_token is not None:
             prefix.append(self.dist_token.expand(B, -1, -1))
         x = torch.cat(prefix + [x], dim=1)  # (B, N, D), order [cls, dist, patches] as in DeiT
-        return self.pos_drop(x if self.pos_embed is None else x + self.pos_embed)
+        if self.pos_embed is None:
+            return self.pos_drop(x)
+        pos = self.pos_embed
+        if self.dynamic_img_size:
+            pos = pos_embed_for_grid(pos, self.patch_embed.grid_size, grid, self.num_prefix_tokens)
+        return self.pos_drop(x + pos)
 
     def _tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(tokens (B, N, D), patch grid (Hp, Wp))."""
         p = self.patch_size
         grid = (images.shape[-2] // p, images.shape[-1] // p)
-        return self._pos_embed(self.patch_embed(images)), grid
+        return self._pos_embed(self.patch_embed(images), grid), grid
 
     def _after_block(self, i: int, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Hook between blocks: nothing in ViT; CPVT's position generator after block 0."""
