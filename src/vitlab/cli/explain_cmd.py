@@ -4,6 +4,8 @@ receptive-field   the theoretical receptive field, jump and start of every conv 
                   checks each against a brute-force measurement)
 erf               effective receptive fields by the gradient method, at several depths, at initialisation and
                   (with --checkpoint) after training
+attention         where the class token (or, without one, the average query) looks in each layer, per head with
+                  --heads, overlaid on an image; --rollout adds attention rollout (Abnar & Zuidema 2020) where defined
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 
 def add_parser(sub, argv: list[str]) -> None:
-    p = sub.add_parser("explain", help="look inside a model: receptive fields, effective receptive fields")
+    p = sub.add_parser("explain", help="look inside a model: receptive fields, attention maps, embeddings")
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
 
     rf = kinds.add_parser("receptive-field", help="theoretical receptive field of every conv and pool layer")
@@ -31,11 +33,28 @@ def add_parser(sub, argv: list[str]) -> None:
     erf.add_argument("--out", required=True, help="directory for erf.png and erf.json (created; files replaced)")
     erf.set_defaults(run=run_erf)
 
+    at = kinds.add_parser("attention", help="attention maps of chosen layers (and rollout) overlaid on an image")
+    _model_args(at)
+    _image_args(at, "attention.png and attention.json (rollout.png with --rollout)")
+    at.add_argument("--layers", default=None, help="comma-separated attention-layer indices, negatives count back "
+                    "(default: all)")  # fmt: skip
+    at.add_argument("--heads", action="store_true", help="one map per head (default: the mean over heads)")
+    at.add_argument("--rollout", action="store_true", help="also attention rollout over all layers (ViT-like models)")
+    at.add_argument("--query", default=None, choices=("cls", "dist", "mean"),
+                    help="whose attention: the class token, DeiT's distillation token, or the mean over patch queries "
+                    "(default: the class token where a layer has one, else the mean)")  # fmt: skip
+    at.set_defaults(run=run_attention)
+
 
 def _model_args(p) -> None:
     p.add_argument("--model", default=None, help="registered model name (random weights unless --checkpoint)")
     p.add_argument("--checkpoint", default=None, help="vitlab run directory or checkpoint (trained weights)")
     p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
+
+
+def _image_args(p, outputs: str) -> None:
+    p.add_argument("image", help="image file (png, jpg, ...), centre-cropped and resized as for evaluation")
+    p.add_argument("--out", required=True, help=f"directory for {outputs} (created; files replaced)")
 
 
 def _load(args):
@@ -183,4 +202,152 @@ def run_erf(args: argparse.Namespace) -> int:
         ]
         print(f"{layer:<32} RF {e['theoretical'] or 'global'}: " + ", ".join(parts))
     print(f"wrote {out / 'erf.png'} and {out / 'erf.json'}")
+    return 0
+
+
+# ----- attention ------------------------------------------------------------------------------------------------
+
+
+def _load_image(path: str, model):
+    """(model input (1, C, S, S), the same image for display (S, S, C) in [0, 1])."""
+    from vitlab.data import ImageTransform, read_image
+    from vitlab.data.datasets import check_image
+
+    check_image(path)
+    tf = ImageTransform.for_model(model)
+    x = tf(read_image(path))  # (C, S, S), normalised
+    shown = (x * tf._std + tf._mean).clamp(0, 1).permute(1, 2, 0)  # (S, S, C)
+    return x[None], shown.numpy()
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    from vitlab.errors import ConfigError
+
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated integers (e.g. 0,5,-1), got {text!r}") from None
+
+
+def _attention_model(args):
+    """The model (trained, else random init) in eval mode, or a ConfigError for a model without attention."""
+    from vitlab.errors import ConfigError
+    from vitlab.explain import attention_layers
+
+    model, trained, name = _load(args)
+    model = (trained or model).eval()
+    try:
+        count = len(attention_layers(model))
+    except ValueError:
+        raise ConfigError(
+            f"{name} has no attention layers, so it has no attention maps: for a CNN or an MLP model try "
+            f"`vitlab explain gradcam --model {name} IMAGE --out DIR`"
+        ) from None
+    return model, name, count
+
+
+def _overlay(ax, image, amap, stride: float, title: str) -> None:
+    """Draw a token map (kh, kw), one cell per token of `stride` pixels, over the image (S, S, C)."""
+    S = image.shape[0]
+    ax.imshow(image if image.shape[-1] == 3 else image[..., 0], cmap=None if image.shape[-1] == 3 else "gray")
+    kh, kw = amap.shape
+    extent = (-0.5, kw * stride - 0.5, kh * stride - 0.5, -0.5)  # a padded grid (Swin) may reach past the image
+    ax.imshow(amap, cmap="inferno", alpha=0.6, extent=extent, interpolation="nearest")
+    ax.set_xlim(-0.5, S - 0.5)
+    ax.set_ylim(S - 0.5, -0.5)
+    ax.set_title(title, fontsize=7)
+    ax.axis("off")
+
+
+def _query(args) -> int | str | None:
+    return {"cls": 0, "dist": 1, "mean": "mean", None: None}[args.query]
+
+
+def _query_name(q, layer) -> str:
+    if q is None:
+        q = 0 if layer.q_prefix else "mean"
+    return {0: "class token", 1: "distillation token", "mean": "mean over patch queries"}.get(q, f"prefix token {q}")
+
+
+def run_attention(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vitlab.errors import ConfigError
+    from vitlab.explain.grid import grid_attention, grid_rollout
+
+    model, name, count = _attention_model(args)
+    x, image = _load_image(args.image, model)
+    layers = _int_list(args.layers, "--layers") if args.layers else None
+    if args.query == "dist" and getattr(model, "num_prefix_tokens", 0) < 2:
+        raise ConfigError(f"--query dist: {name} has no distillation token (only DeiT's *_distilled_* models do)")
+    try:
+        found = grid_attention(model, x, layers)
+    except ValueError as e:  # a layer out of range
+        raise ConfigError(f"--layers: {name}: {e}") from None
+    if args.query == "cls" and not all(g.q_prefix for g in found.values()):
+        no_cls = [i for i, g in found.items() if not g.q_prefix]
+        raise ConfigError(f"--query cls: {name} has no class token in attention layer(s) {no_cls}; use --query mean")
+    rollout = None
+    if args.rollout:
+        try:
+            rollout = grid_rollout(model, x)
+        except ValueError as e:
+            why = str(e).split("; use")[0]  # the library's pointer to its own functions: not for the CLI
+            raise ConfigError(f"--rollout: {name}: {why}; drop --rollout for the per-layer maps") from None
+    maps = {i: g.query_map(_query(args))[0] for i, g in found.items()}  # (H, kh, kw)
+    rolled = rollout.query_map(_query(args))[0, 0] if rollout is not None else None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"model": name, "image": args.image, "img_size": image.shape[0], "layers": {}}
+    if args.heads:  # a row per layer: the mean, then each head
+        rows, cols = len(maps), 1 + max(m.shape[0] for m in maps.values())
+    else:  # up to 6 layers a row
+        rows, cols = -(-len(maps) // 6), min(len(maps), 6)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for n, (i, m) in enumerate(maps.items()):
+        g, q = found[i], _query(args)
+        mean = m.mean(dim=0)
+        entry = {
+            "query": _query_name(q, g),
+            "key_grid": list(g.k_grid),
+            "token_stride_px": g.k_stride,
+            "mean_over_heads": [[round(v, 5) for v in row] for row in mean.tolist()],
+        }
+        if args.heads:
+            entry["heads"] = [[[round(v, 5) for v in row] for row in h.tolist()] for h in m]
+            _overlay(axes[n][0], image, mean.numpy(), g.k_stride, f"layer {i}: mean of {m.shape[0]} heads")
+            for h in range(m.shape[0]):
+                _overlay(axes[n][h + 1], image, m[h].numpy(), g.k_stride, f"layer {i} head {h}")
+        else:
+            _overlay(axes[n // cols][n % cols], image, mean.numpy(), g.k_stride, f"layer {i}")
+        result["layers"][str(i)] = entry
+    first = found[min(found)]
+    fig.suptitle(f"{name}: attention of the {_query_name(_query(args), first)} ({count} attention layers)")
+    fig.tight_layout()
+    fig.savefig(out / "attention.png", dpi=120)
+    plt.close(fig)
+    written = [out / "attention.png"]
+    if rolled is not None:
+        result["rollout"] = {
+            "query": _query_name(_query(args), rollout),
+            "key_grid": list(rollout.k_grid),
+            "map": [[round(v, 5) for v in row] for row in rolled.tolist()],
+        }
+        fig, ax = plt.subplots(figsize=(3, 3.2))
+        _overlay(ax, image, rolled.numpy(), rollout.k_stride, f"{name}: attention rollout")
+        fig.tight_layout()
+        fig.savefig(out / "rollout.png", dpi=120)
+        plt.close(fig)
+        written.append(out / "rollout.png")
+    (out / "attention.json").write_text(json.dumps(result, indent=1))
+    for i, e in result["layers"].items():
+        peak = max((v, r, c) for r, row in enumerate(e["mean_over_heads"]) for c, v in enumerate(row))
+        print(f"layer {i:>3}: {e['query']} on a {e['key_grid'][0]}x{e['key_grid'][1]} grid, "
+              f"peak {peak[0]:.3f} at token ({peak[1]}, {peak[2]})")  # fmt: skip
+    print("wrote " + ", ".join(str(p) for p in written) + f" and {out / 'attention.json'}")
     return 0

@@ -1,13 +1,17 @@
-"""Looking inside models: attention capture and maps, rollout, Swin window maps on the token grid."""
+"""Looking inside models: attention capture and maps, rollout, Swin window maps, attention placed on the image grid."""
 
 from vitlab.explain.attention import attention_layers, attention_maps, attention_rollout, capture_attention
+from vitlab.explain.grid import GridAttention, grid_attention, grid_rollout
 from vitlab.explain.windows import stitch_window_attention, swin_attention_maps
 
 __all__ = [
+    "GridAttention",
     "attention_layers",
     "attention_maps",
     "attention_rollout",
     "capture_attention",
+    "grid_attention",
+    "grid_rollout",
     "stitch_window_attention",
     "swin_attention_maps",
 ]

@@ -1,0 +1,141 @@
+"""`vitlab explain attention ...` and the functions behind it: attention placed on the image grid (ViT, DeiT, CPVT,
+Swin, CvT), with hand-checked geometry and the CLI run end to end on micro models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vitlab
+from vitlab.cli.main import main
+from vitlab.explain import GridAttention, attention_maps, grid_attention
+
+# ----- attention on the token grid ----------------------------------------------------------------------------------
+
+
+def test_query_map_by_hand():
+    # 1 image, 1 head, [cls] + a 1x2 grid: rows are the queries cls, t0, t1
+    probs = torch.tensor([[[[0.2, 0.5, 0.3], [0.1, 0.6, 0.3], [0.4, 0.4, 0.2]]]])
+    g = GridAttention(probs, q_prefix=1, k_prefix=1, q_grid=(1, 2), k_grid=(1, 2), q_stride=16.0, k_stride=16.0)
+    torch.testing.assert_close(g.query_map(), torch.tensor([[[[0.5, 0.3]]]]))  # the class token's row
+    torch.testing.assert_close(g.query_map("mean"), torch.tensor([[[[0.5, 0.25]]]]))  # mean of rows t0, t1
+    torch.testing.assert_close(g.grid_probs(), torch.tensor([[[[6 / 9, 3 / 9], [4 / 6, 2 / 6]]]]))
+    q, k = g.centres()
+    assert q.tolist() == [[0, 0], [0, 16]] and k.tolist() == q.tolist()
+    with pytest.raises(ValueError, match=r"1 prefix token\(s\), so a query is an index in \[0, 0\]"):
+        g.query_map(1)
+
+
+# name: [(query prefix, query grid, key grid, query stride, key stride)] of layers 0 and -1, by hand from the configs
+GEOMETRY = {
+    "vit_micro_patch2_8": [(1, (4, 4), (4, 4), 2, 2)] * 2,  # 8 px / patch 2
+    "deit_micro_distilled_patch4_8": [(2, (2, 2), (2, 2), 4, 4)] * 2,  # [cls, dist] first
+    "cpvt_micro_patch4_8": [(0, (2, 2), (2, 2), 4, 4)] * 2,
+    # stage 0: 8x8 tokens of 4 px; stage 2: 2x2 tokens of 16 px (two patch mergings)
+    "swin_micro_patch4_window4_32": [(0, (8, 8), (8, 8), 4, 4), (0, (2, 2), (2, 2), 16, 16)],
+    # keys on the query map subsampled by 2; the class token in the last stage only
+    "cvt_micro_32": [(0, (16, 16), (8, 8), 2, 4), (1, (4, 4), (2, 2), 8, 16)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRY))
+def test_grid_geometry_of_each_family(name):
+    m = vitlab.create_model(name).eval()
+    x = torch.randn(2, m.cfg.in_chans, m.cfg.img_size, m.cfg.img_size)
+    found = grid_attention(m, x, [0, -1])
+    assert len(found) == 2
+    for g, (prefix, q_grid, k_grid, qs, ks) in zip(found.values(), GEOMETRY[name], strict=True):
+        assert (g.q_prefix, g.q_grid, g.k_grid, g.q_stride, g.k_stride) == (prefix, q_grid, k_grid, qs, ks)
+        amap = g.query_map()
+        assert amap.shape == (2, g.num_heads, *k_grid) and (amap >= 0).all()
+        torch.testing.assert_close(g.grid_probs().sum(-1), torch.ones(g.grid_probs().shape[:-1]))
+
+
+def test_class_token_map_is_the_cls_row_over_patches():
+    m = vitlab.create_model("deit_micro_distilled_patch4_8").eval()
+    x = torch.randn(1, 1, 8, 8)
+    raw = attention_maps(m, x, [2])[2]  # (1, H, 6, 6): [cls, dist] + 2x2
+    g = grid_attention(m, x, [2])[2]
+    torch.testing.assert_close(g.query_map(), raw[:, :, 0, 2:].reshape(1, -1, 2, 2))
+    torch.testing.assert_close(g.query_map(1), raw[:, :, 1, 2:].reshape(1, -1, 2, 2))  # the distillation token
+
+
+@pytest.mark.parametrize("name", ["vit_micro_patch2_8", "swin_micro_patch4_window4_32"])
+def test_uncaptured_layers_stay_on_sdpa(name, monkeypatch):
+    m = vitlab.create_model(name).eval()
+    x = torch.randn(1, m.cfg.in_chans, m.cfg.img_size, m.cfg.img_size)
+    calls = [0]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    grid_attention(m, x, [1])
+    assert calls[0] == len(m.attention_layers()) - 1
+
+
+# ----- the CLI ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / "img.png"
+    Image.fromarray((np.random.RandomState(0).rand(40, 48, 3) * 255).astype("uint8")).save(path)
+    return str(path)
+
+
+def test_cli_attention_with_heads_and_rollout(tmp_path, image, capsys):
+    out = tmp_path / "a"
+    args = ["explain", "attention", "--model", "vit_micro_patch2_8", image, "--out", str(out)]
+    assert main(args + ["--layers", "0,-1", "--heads", "--rollout"]) == 0
+    result = json.loads((out / "attention.json").read_text())
+    assert sorted(result["layers"]) == ["0", "3"] and result["img_size"] == 8
+    layer = result["layers"]["3"]
+    assert layer["query"] == "class token" and layer["key_grid"] == [4, 4] and len(layer["heads"]) == 4
+    heads = np.array(layer["heads"])  # (H, 4, 4): the class token's weights on the 16 patches, < 1 with its own
+    np.testing.assert_allclose(heads.mean(0), layer["mean_over_heads"], atol=1e-4)
+    assert ((heads > 0) & (heads.sum((1, 2)) < 1)[:, None, None]).all()
+    assert np.array(result["rollout"]["map"]).shape == (4, 4)
+    for f in ("attention.png", "rollout.png"):
+        assert (out / f).stat().st_size > 0
+    assert "layer   3: class token on a 4x4 grid" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["swin_micro_patch4_window4_32", "cvt_micro_32", "cpvt_micro_patch4_8"])
+def test_cli_attention_on_each_family(tmp_path, image, name):
+    assert main(["explain", "attention", "--model", name, image, "--out", str(tmp_path / "o"), "--layers", "-1"]) == 0
+    layer = json.loads((tmp_path / "o" / "attention.json").read_text())["layers"]
+    assert list(layer) == [str(len(vitlab.create_model(name).attention_layers()) - 1)]
+
+
+@pytest.mark.parametrize(
+    "name, extra, error",
+    [
+        ("resnet18", [], r"resnet18 has no attention layers.*try `vitlab explain gradcam --model resnet18"),
+        ("swin_micro_patch4_window4_32", ["--rollout"], r"--rollout: .* rollout is undefined; drop --rollout"),
+        ("cvt_micro_32", ["--rollout"], r"--rollout: .*different token grids"),
+        ("vit_micro_patch2_8", ["--layers", "0,x"], r"--layers takes comma-separated integers"),
+        ("vit_micro_patch2_8", ["--layers", "4"], r"--layers: .*out of range"),
+        ("vit_micro_patch2_8", ["--query", "dist"], r"--query dist: .* has no distillation token"),
+        ("cvt_micro_32", ["--query", "cls"], r"--query cls: .* no class token in attention layer\(s\) \[0, 1\]"),
+    ],
+)
+def test_cli_attention_refusals_are_one_line(tmp_path, image, capsys, name, extra, error):
+    import re
+
+    assert main(["explain", "attention", "--model", name, image, "--out", str(tmp_path / "o")] + extra) == 2
+    err = capsys.readouterr().err
+    assert re.search(error, err) and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_attention_refuses_a_missing_image(tmp_path, capsys):
+    args = ["explain", "attention", "--model", "vit_micro_patch2_8", str(tmp_path / "nope.png")]
+    assert main(args + ["--out", str(tmp_path / "o")]) == 2
+    assert "nope.png" in capsys.readouterr().err
