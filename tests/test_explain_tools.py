@@ -13,6 +13,12 @@ from PIL import Image
 import vitlab
 from vitlab.cli.main import main
 from vitlab.explain import GridAttention, attention_maps, grid_attention
+from vitlab.explain.embeddings import (
+    patch_embedding_components,
+    position_similarity,
+    principal_components,
+    similarity_by_distance,
+)
 
 # ----- attention on the token grid ----------------------------------------------------------------------------------
 
@@ -139,3 +145,86 @@ def test_cli_attention_refuses_a_missing_image(tmp_path, capsys):
     args = ["explain", "attention", "--model", "vit_micro_patch2_8", str(tmp_path / "nope.png")]
     assert main(args + ["--out", str(tmp_path / "o")]) == 2
     assert "nope.png" in capsys.readouterr().err
+
+
+# ----- position embedding similarity and patch-embedding components (ViT Fig. 7) ------------------------------------
+
+
+def test_position_similarity_by_hand_leaves_out_the_prefix_tokens():
+    m = vitlab.create_model("deit_micro_distilled_patch4_8")  # [cls, dist] + 2x2 patches
+    rows = torch.zeros(6, 64)
+    rows[:2] = 100.0  # the prefix tokens' positions: must not enter
+    rows[2, 0], rows[3, 1], rows[4, :2], rows[5, 0] = 1.0, 2.0, 3.0, -1.0  # e0, 2 e1, 3 (e0 + e1), -e0
+    with torch.no_grad():
+        m.pos_embed.copy_(rows[None])
+    sim = position_similarity(m)
+    h = 0.5**0.5
+    expected = torch.tensor([[1, 0, h, -1], [0, 1, h, 0], [h, h, 1, -h], [-1, 0, -h, 1]])
+    torch.testing.assert_close(sim, expected.view(2, 2, 2, 2))
+    by_distance = similarity_by_distance(sim)  # grid distance 1: pairs (0,1), (0,2), (1,3), (2,3) both ways
+    assert sorted(by_distance) == [0.0, 1.0, 1.414]
+    assert by_distance[1.0] == pytest.approx((0 + h + 0 - h) / 4) and by_distance[1.414] == pytest.approx((-1 + h) / 2)
+
+
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("cpvt_micro_patch4_8", "CPVT has no absolute position table"),
+        ("swin_micro_patch4_window4_32", "relative position bias inside each window"),
+        ("resnet18", "ResNet has no absolute position table"),
+    ],
+)
+def test_position_similarity_refuses_models_without_a_learned_table(name, why):
+    with pytest.raises(ValueError, match=why):
+        position_similarity(vitlab.create_model(name))
+
+
+def test_position_similarity_refuses_a_fixed_sincos_table():
+    m = vitlab.create_model("vit_micro_patch4_8", pos_embed="sincos")
+    with pytest.raises(ValueError, match="fixed sin-cos position table, not a learned one"):
+        position_similarity(m)
+
+
+def test_principal_components_by_hand():
+    # 4 filters of 1x2x2 = 3 (e0) + coefficients (2, -2, 1, -1) on u and (1, 1, -1, -1) on v, u and v orthonormal
+    u = torch.tensor([1.0, 1.0, 0.0, 0.0]) / 2**0.5
+    v = torch.tensor([0.0, 0.0, 1.0, -2.0]) / 5**0.5
+    a, b = torch.tensor([2.0, -2.0, 1.0, -1.0]), torch.tensor([1.0, 1.0, -1.0, -1.0])
+    filters = (3 * torch.tensor([1.0, 0, 0, 0]) + a[:, None] * u + b[:, None] * v).view(4, 1, 2, 2)
+    comps, ratio = principal_components(filters, 3)
+    assert comps.shape == (3, 1, 2, 2)  # rank 2 after centring, but a third (zero-variance) direction still exists
+    # variances along u and v: sum a^2 = 10, sum b^2 = 4 (the mean filter, 3 e0, is removed by the centring)
+    torch.testing.assert_close(ratio, torch.tensor([10 / 14, 4 / 14, 0.0]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(comps[0].flatten(), u)  # signs fixed: the largest-magnitude entry positive
+    torch.testing.assert_close(comps[1].flatten(), -v)  # v's is -2/sqrt 5, so the component is -v
+    assert principal_components(filters, 99)[0].shape[0] == 4  # capped at min(F, P)
+
+
+def test_patch_embedding_components_of_a_vit():
+    m = vitlab.create_model("vit_micro_patch4_8")  # 64 filters of 1x4x4: 16 components hold all the variance
+    comps, ratio = patch_embedding_components(m, k=28)
+    assert comps.shape == (16, 1, 4, 4) and ratio.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert (ratio[:-1] >= ratio[1:]).all()
+    torch.testing.assert_close(comps.flatten(1) @ comps.flatten(1).T, torch.eye(16), atol=1e-5, rtol=0)
+
+
+def test_cli_pos_embed_and_patch_embed(tmp_path, capsys):
+    assert main(["explain", "pos-embed", "--model", "vit_micro_patch2_8", "--out", str(tmp_path / "p")]) == 0
+    result = json.loads((tmp_path / "p" / "pos_embed.json").read_text())
+    sim = np.array(result["similarity"])
+    assert result["grid"] == [4, 4] and sim.shape == (16, 16)
+    np.testing.assert_allclose(np.diag(sim), 1.0, atol=1e-4)
+    assert result["mean_similarity_by_grid_distance"]["0.0"] == pytest.approx(1.0, abs=1e-4)
+    assert (tmp_path / "p" / "pos_embed.png").stat().st_size > 0
+    out = tmp_path / "c"
+    assert main(["explain", "patch-embed", "--model", "vit_tiny_patch16_224", "--out", str(out)]) == 0
+    result = json.loads((out / "patch_embed.json").read_text())
+    assert result["layer"] == "patch_embed.proj" and result["kernel"] == [16, 16] and result["filters"] == 192
+    assert len(result["explained_variance_ratio"]) == 28 and 0 < sum(result["explained_variance_ratio"]) < 1
+    assert (out / "patch_embed.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["explain", "pos-embed", "--model", "cpvt_micro_patch4_8", "--out", str(tmp_path / "q")]) == 2
+    assert "cpvt_micro_patch4_8: CPVT has no absolute position table" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()
+    assert main(["explain", "patch-embed", "--model", "vit_micro_patch2_8", "--components", "0", "--out", "x"]) == 2
+    assert "--components must be >= 1, got 0" in capsys.readouterr().err

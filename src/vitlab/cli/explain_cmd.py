@@ -6,6 +6,9 @@ erf               effective receptive fields by the gradient method, at several 
                   (with --checkpoint) after training
 attention         where the class token (or, without one, the average query) looks in each layer, per head with
                   --heads, overlaid on an image; --rollout adds attention rollout (Abnar & Zuidema 2020) where defined
+pos-embed         cosine similarity of each patch's learned position embedding with every other (ViT Fig. 7 centre)
+patch-embed       principal components of the first-layer (patch-embedding) filters as RGB patches, with their
+                  explained variance ratios (ViT Fig. 7 left)
 """
 
 from __future__ import annotations
@@ -44,6 +47,17 @@ def add_parser(sub, argv: list[str]) -> None:
                     help="whose attention: the class token, DeiT's distillation token, or the mean over patch queries "
                     "(default: the class token where a layer has one, else the mean)")  # fmt: skip
     at.set_defaults(run=run_attention)
+
+    pe = kinds.add_parser("pos-embed", help="cosine similarity between the learned position embeddings of patches")
+    _model_args(pe)
+    pe.add_argument("--out", required=True, help="directory for pos_embed.png and pos_embed.json (created)")
+    pe.set_defaults(run=run_pos_embed)
+
+    pc = kinds.add_parser("patch-embed", help="principal components of the first-layer (patch-embedding) filters")
+    _model_args(pc)
+    pc.add_argument("--components", type=int, default=28, help="components drawn (ViT Fig. 7: 28)")
+    pc.add_argument("--out", required=True, help="directory for patch_embed.png and patch_embed.json (created)")
+    pc.set_defaults(run=run_patch_embed)
 
 
 def _model_args(p) -> None:
@@ -350,4 +364,113 @@ def run_attention(args: argparse.Namespace) -> int:
         print(f"layer {i:>3}: {e['query']} on a {e['key_grid'][0]}x{e['key_grid'][1]} grid, "
               f"peak {peak[0]:.3f} at token ({peak[1]}, {peak[2]})")  # fmt: skip
     print("wrote " + ", ".join(str(p) for p in written) + f" and {out / 'attention.json'}")
+    return 0
+
+
+# ----- embeddings -----------------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mosaic(tiles, cols: int, gap: int = 1):
+    """Tiles (n, h, w[, C]) -> one image with `gap` NaN pixels between them, `cols` tiles a row."""
+    import numpy as np
+
+    n, h, w = tiles.shape[:3]
+    rows = -(-n // cols)
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, *tiles.shape[3:]), np.nan)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, cols)
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = t
+    return out
+
+
+def run_pos_embed(args: argparse.Namespace) -> int:
+    from vitlab.errors import ConfigError
+    from vitlab.explain.embeddings import position_similarity, similarity_by_distance
+
+    model, trained, name = _load(args)
+    model = trained or model
+    try:
+        sim = position_similarity(model)  # (Hp, Wp, Hp, Wp)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    Hp, Wp = sim.shape[:2]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 7.4))
+    shown = ax.imshow(_mosaic(sim.reshape(Hp * Wp, Hp, Wp).numpy(), Wp), cmap="viridis", vmin=-1, vmax=1)
+    ax.set_xticks([(Wp + 1) * c + (Wp - 1) / 2 for c in range(Wp)], [str(c + 1) for c in range(Wp)], fontsize=6)
+    ax.set_yticks([(Hp + 1) * r + (Hp - 1) / 2 for r in range(Hp)], [str(r + 1) for r in range(Hp)], fontsize=6)
+    ax.set_xlabel("input patch column")
+    ax.set_ylabel("input patch row")
+    fig.colorbar(shown, ax=ax, fraction=0.046, label="cosine similarity")
+    ax.set_title(f"{name}: position embedding similarity ({'trained' if trained is not None else 'random init'})")
+    fig.tight_layout()
+    fig.savefig(out / "pos_embed.png", dpi=120)
+    plt.close(fig)
+    by_distance = similarity_by_distance(sim)
+    result = {
+        "model": name,
+        "grid": [Hp, Wp],
+        "mean_similarity_by_grid_distance": {str(d): round(v, 5) for d, v in by_distance.items()},
+        "similarity": [[round(v, 4) for v in row] for row in sim.reshape(Hp * Wp, Hp * Wp).tolist()],
+    }
+    (out / "pos_embed.json").write_text(json.dumps(result, indent=1))
+    near = [f"{d:g}: {v:.3f}" for d, v in list(by_distance.items())[:4]]
+    print(f"{name}: {Hp}x{Wp} position embeddings; mean similarity at grid distance " + ", ".join(near))
+    print(f"wrote {out / 'pos_embed.png'} and {out / 'pos_embed.json'}")
+    return 0
+
+
+def run_patch_embed(args: argparse.Namespace) -> int:
+    from vitlab.errors import ConfigError
+    from vitlab.explain.embeddings import first_conv, principal_components
+
+    if args.components < 1:
+        raise ConfigError(f"--components must be >= 1, got {args.components}")
+    model, trained, name = _load(args)
+    model = trained or model
+    try:
+        layer, conv = first_conv(model)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    comps, ratio = principal_components(conv.weight, args.components)  # (k, C, kh, kw), (k,)
+    k, C = comps.shape[:2]
+    lo = comps.flatten(1).min(dim=1).values[:, None, None, None]
+    hi = comps.flatten(1).max(dim=1).values[:, None, None, None]
+    tiles = ((comps - lo) / (hi - lo).clamp_min(1e-12)).permute(0, 2, 3, 1)  # (k, kh, kw, C) in [0, 1]
+    tiles = tiles if C == 3 else tiles.mean(dim=-1)  # RGB patches, else grey (the mean over the input channels)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plt = _plt()
+    cols = min(k, 7)
+    fig, ax = plt.subplots(figsize=(1.2 * cols + 0.5, 1.2 * -(-k // cols) + 0.8))
+    ax.imshow(_mosaic(tiles.numpy(), cols), cmap=None if C == 3 else "gray", interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(f"{name}: top {k} principal components of {layer}\n({ratio.sum():.1%} of the filters' variance)",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(out / "patch_embed.png", dpi=120)
+    plt.close(fig)
+    result = {
+        "model": name,
+        "layer": layer,
+        "filters": conv.weight.shape[0],
+        "kernel": list(conv.kernel_size),
+        "stride": list(conv.stride),
+        "explained_variance_ratio": [round(v, 6) for v in ratio.tolist()],
+    }
+    (out / "patch_embed.json").write_text(json.dumps(result, indent=1))
+    print(f"{name}: {layer} ({conv.weight.shape[0]} filters of {C}x{conv.kernel_size[0]}x{conv.kernel_size[1]}); "
+          f"top {k} components explain {ratio.sum():.1%} of their variance, the first {ratio[0]:.1%}")  # fmt: skip
+    print(f"wrote {out / 'patch_embed.png'} and {out / 'patch_embed.json'}")
     return 0

@@ -1,6 +1,13 @@
-"""Looking inside models: attention capture and maps, rollout, Swin window maps, attention placed on the image grid."""
+"""Looking inside models: attention capture and maps, rollout, Swin window maps, attention placed on the image grid,
+position-embedding similarity and patch-embedding components."""
 
 from vitlab.explain.attention import attention_layers, attention_maps, attention_rollout, capture_attention
+from vitlab.explain.embeddings import (
+    patch_embedding_components,
+    position_similarity,
+    principal_components,
+    similarity_by_distance,
+)
 from vitlab.explain.grid import GridAttention, grid_attention, grid_rollout
 from vitlab.explain.windows import stitch_window_attention, swin_attention_maps
 
@@ -12,6 +19,10 @@ __all__ = [
     "capture_attention",
     "grid_attention",
     "grid_rollout",
+    "patch_embedding_components",
+    "position_similarity",
+    "principal_components",
+    "similarity_by_distance",
     "stitch_window_attention",
     "swin_attention_maps",
 ]
