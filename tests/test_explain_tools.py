@@ -13,6 +13,7 @@ from PIL import Image
 import vitlab
 from vitlab.cli.main import main
 from vitlab.explain import GridAttention, attention_maps, grid_attention
+from vitlab.explain.distance import attention_distances, mean_attention_distance
 from vitlab.explain.embeddings import (
     patch_embedding_components,
     position_similarity,
@@ -228,3 +229,63 @@ def test_cli_pos_embed_and_patch_embed(tmp_path, capsys):
     assert not (tmp_path / "q").exists()
     assert main(["explain", "patch-embed", "--model", "vit_micro_patch2_8", "--components", "0", "--out", "x"]) == 2
     assert "--components must be >= 1, got 0" in capsys.readouterr().err
+
+
+# ----- mean attention distance (ViT Fig. 7 right) -------------------------------------------------------------------
+
+
+def grid_centres(rows: int, cols: int, stride: float) -> torch.Tensor:
+    return torch.tensor([[r * stride, c * stride] for r in range(rows) for c in range(cols)])
+
+
+def test_mean_attention_distance_closed_forms():
+    uniform = torch.full((1, 1, 4, 4), 0.25)
+    c = grid_centres(2, 2, 16.0)
+    # every query of a 2x2 grid sees itself at 0, two neighbours at 16 and the diagonal at 16 sqrt 2
+    assert mean_attention_distance(uniform, c, c).item() == pytest.approx(8 + 4 * 2**0.5)
+    row = grid_centres(1, 3, 10.0)  # 1x3: the ends see (0 + 10 + 20) / 3, the middle (10 + 0 + 10) / 3
+    assert mean_attention_distance(torch.full((1, 1, 3, 3), 1 / 3), row, row).item() == pytest.approx(80 / 9)
+    identity = torch.eye(9).expand(2, 3, 9, 9)
+    torch.testing.assert_close(mean_attention_distance(identity, grid_centres(3, 3, 8.0), grid_centres(3, 3, 8.0)),
+                               torch.zeros(3))  # fmt: skip
+    # heads apart, averaged over the batch: head 0 looks at its right neighbour in image 0, at itself in image 1
+    right = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    probs = torch.stack([torch.stack([right, torch.eye(2)]), torch.stack([torch.eye(2), torch.eye(2)])])  # (2,2,2,2)
+    torch.testing.assert_close(mean_attention_distance(probs, row[:2], row[:2]), torch.tensor([5.0, 0.0]))
+    with pytest.raises(ValueError, match="do not match 3 query and 3 key centres"):
+        mean_attention_distance(uniform, row, row)
+
+
+def uniform_attention(name: str) -> torch.nn.Module:
+    """The model with q = k = 0 in every layer: each query spreads its attention evenly over all keys."""
+    m = vitlab.create_model(name).eval()
+    with torch.no_grad():
+        for layer in m.attention_layers():
+            layer.qkv.weight[: 2 * layer.qkv.out_features // 3] = 0
+            layer.qkv.bias[: 2 * layer.qkv.out_features // 3] = 0
+    return m
+
+
+def test_attention_distances_of_uniform_attention_by_hand():
+    m = uniform_attention("deit_micro_distilled_patch4_8")  # [cls, dist] + 2x2 patches of 4 px
+    d = attention_distances(m, torch.randn(3, 1, 8, 8))
+    assert sorted(d) == [0, 1, 2, 3]
+    for heads in d.values():  # prefix keys dropped, the rest renormalised: (0 + 4 + 4 + 4 sqrt 2) / 4
+        torch.testing.assert_close(heads, torch.full((4,), 2 + 2**0.5))
+
+
+def test_cli_attention_distance(tmp_path, image, capsys):
+    ckpt = vitlab.save_checkpoint(uniform_attention("vit_micro_patch2_8"), tmp_path / "uniform.safetensors")
+    out = tmp_path / "d"
+    assert main(["explain", "attention-distance", "--checkpoint", str(ckpt), image, image, "--out", str(out)]) == 0
+    result = json.loads((out / "attention_distance.json").read_text())
+    # a 4x4 grid of 2 px: the mean distance between two uniformly drawn cells, by brute force over the 256 pairs
+    c = grid_centres(4, 4, 2.0)
+    expected = torch.cdist(c, c).mean().item()
+    assert sorted(result["layers"]) == ["0", "1", "2", "3"] and len(result["images"]) == 2
+    for heads in result["layers"].values():
+        assert heads == pytest.approx([expected] * 4, abs=1e-3)
+    assert (out / "attention_distance.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["explain", "attention-distance", "--model", "convnext_micro_32", image, "--out", str(out)]) == 2
+    assert "convnext_micro_32 has no attention layers" in capsys.readouterr().err

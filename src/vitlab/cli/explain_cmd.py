@@ -9,6 +9,9 @@ attention         where the class token (or, without one, the average query) loo
 pos-embed         cosine similarity of each patch's learned position embedding with every other (ViT Fig. 7 centre)
 patch-embed       principal components of the first-layer (patch-embedding) filters as RGB patches, with their
                   explained variance ratios (ViT Fig. 7 left)
+attention-distance
+                  mean attention distance of every head against depth, averaged over the images given (ViT Fig. 7
+                  right)
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ def add_parser(sub, argv: list[str]) -> None:
     pc.add_argument("--components", type=int, default=28, help="components drawn (ViT Fig. 7: 28)")
     pc.add_argument("--out", required=True, help="directory for patch_embed.png and patch_embed.json (created)")
     pc.set_defaults(run=run_patch_embed)
+
+    ad = kinds.add_parser("attention-distance", help="mean attention distance of every head against depth")
+    _model_args(ad)
+    ad.add_argument("images", nargs="+", help="image files the distances are averaged over (a few suffice)")
+    ad.add_argument("--out", required=True, help="directory for attention_distance.png and .json (created)")
+    ad.set_defaults(run=run_attention_distance)
 
 
 def _model_args(p) -> None:
@@ -473,4 +482,47 @@ def run_patch_embed(args: argparse.Namespace) -> int:
     print(f"{name}: {layer} ({conv.weight.shape[0]} filters of {C}x{conv.kernel_size[0]}x{conv.kernel_size[1]}); "
           f"top {k} components explain {ratio.sum():.1%} of their variance, the first {ratio[0]:.1%}")  # fmt: skip
     print(f"wrote {out / 'patch_embed.png'} and {out / 'patch_embed.json'}")
+    return 0
+
+
+# ----- attention distance ---------------------------------------------------------------------------------------
+
+
+def run_attention_distance(args: argparse.Namespace) -> int:
+    import torch
+
+    from vitlab.errors import ConfigError
+    from vitlab.explain.distance import attention_distances
+
+    model, name, count = _attention_model(args)
+    x = torch.cat([_load_image(path, model)[0] for path in args.images])  # every file checked before any work
+    try:
+        dist = attention_distances(model, x)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for i, d in dist.items():
+        ax.scatter([i] * len(d), d.tolist(), s=14, color="tab:blue", alpha=0.7)
+    ax.set_xlabel("network depth (attention layer)")
+    ax.set_ylabel("mean attention distance (pixels)")
+    ax.set_ylim(0, x.shape[-1])
+    ax.set_title(f"{name}: one dot per head, {len(args.images)} image(s) of {x.shape[-1]}px", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "attention_distance.png", dpi=120)
+    plt.close(fig)
+    result = {
+        "model": name,
+        "images": args.images,
+        "img_size": x.shape[-1],
+        "layers": {str(i): [round(v, 4) for v in d.tolist()] for i, d in dist.items()},
+    }
+    (out / "attention_distance.json").write_text(json.dumps(result, indent=1))
+    for i, d in dist.items():
+        print(
+            f"layer {i:>3}: {len(d)} heads, mean attention distance {d.min():.1f}-{d.max():.1f}px (mean {d.mean():.1f})"
+        )
+    print(f"wrote {out / 'attention_distance.png'} and {out / 'attention_distance.json'}")
     return 0

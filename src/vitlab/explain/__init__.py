@@ -1,7 +1,8 @@
 """Looking inside models: attention capture and maps, rollout, Swin window maps, attention placed on the image grid,
-position-embedding similarity and patch-embedding components."""
+position-embedding similarity, patch-embedding components, mean attention distance."""
 
 from vitlab.explain.attention import attention_layers, attention_maps, attention_rollout, capture_attention
+from vitlab.explain.distance import attention_distances, mean_attention_distance
 from vitlab.explain.embeddings import (
     patch_embedding_components,
     position_similarity,
@@ -14,11 +15,13 @@ from vitlab.explain.windows import stitch_window_attention, swin_attention_maps
 __all__ = [
     "GridAttention",
     "attention_layers",
+    "attention_distances",
     "attention_maps",
     "attention_rollout",
     "capture_attention",
     "grid_attention",
     "grid_rollout",
+    "mean_attention_distance",
     "patch_embedding_components",
     "position_similarity",
     "principal_components",
