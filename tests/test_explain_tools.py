@@ -20,6 +20,7 @@ from vitlab.explain.embeddings import (
     principal_components,
     similarity_by_distance,
 )
+from vitlab.explain.gradcam import cam_layer, grad_cam
 
 # ----- attention on the token grid ----------------------------------------------------------------------------------
 
@@ -289,3 +290,103 @@ def test_cli_attention_distance(tmp_path, image, capsys):
     capsys.readouterr()
     assert main(["explain", "attention-distance", "--model", "convnext_micro_32", image, "--out", str(out)]) == 2
     assert "convnext_micro_32 has no attention layers" in capsys.readouterr().err
+
+
+# ----- Grad-CAM -----------------------------------------------------------------------------------------------------
+
+
+class TinyCNN(torch.nn.Module):
+    """A 1x1 conv to two channels A_0 = x, A_1 = -x, global average pooling, a linear head without bias."""
+
+    output_fmt = "NCHW"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Conv2d(1, 2, 1, bias=False)
+        self.fc = torch.nn.Linear(2, 3, bias=False)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+            self.fc.weight.copy_(torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.0, 0.0]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def test_grad_cam_by_hand():
+    m = TinyCNN().train()
+    x = torch.tensor([[1.0, 2.0], [3.0, -4.0]]).view(1, 1, 2, 2)
+    # d y_c / d A_k = W[c, k] / 4 at every position: alpha = W[c] / 4
+    cam, target = grad_cam(m, x, target=0, layer="features")  # relu(0.25 x - 0.5 x) = relu(-x / 4)
+    torch.testing.assert_close(cam, torch.tensor([[[0.0, 0.0], [0.0, 1.0]]]))
+    assert target.tolist() == [0]
+    cam, _ = grad_cam(m, x, target=1, layer="features")  # relu(0.75 x + 0.25 x) = relu(x)
+    torch.testing.assert_close(cam, torch.tensor([[[1.0, 2.0], [3.0, 0.0]]]))
+    cam, target = grad_cam(m, torch.cat([x, -x]), layer="features")  # top classes: 1 (score 0.5), 0 (score 0.25)
+    assert target.tolist() == [1, 0]
+    torch.testing.assert_close(cam[1], torch.tensor([[0.25, 0.5], [0.75, 0.0]]))  # relu(-(-x) / 4)
+    assert m.training and all(p.grad is None for p in m.parameters())
+    with pytest.raises(ValueError, match=r"target class \[3\] out of range: the model has 3"):
+        grad_cam(m, x, target=3, layer="features")
+    with pytest.raises(ValueError, match="has no module 'nope'"):
+        grad_cam(m, x, layer="nope")
+
+
+def with_live_head(name: str, **kw) -> torch.nn.Module:
+    """The model with its (zero-initialised) classifier re-drawn: a zero head gives every map a zero gradient."""
+    m = vitlab.create_model(name, **kw)
+    modules = dict(m.named_modules())
+    for head in m.get_classifier_names():
+        for p in modules[head].parameters():
+            torch.nn.init.normal_(p, std=0.5)
+    return m
+
+
+# name: (the layer Grad-CAM reads, the map's shape) for a batch of 2 at the model's size
+CAM = {
+    "vit_micro_patch2_8": ("blocks.3.norm1", (2, 4, 4)),  # head on the class token: the last attention's input
+    "deit_micro_distilled_patch4_8": ("blocks.3.norm1", (2, 2, 2)),
+    "cvt_micro_32": ("stages.2.blocks.1.norm1", (2, 4, 4)),
+    "cpvt_micro_patch4_8": ("blocks.3", (2, 2, 2)),  # GAP: the last block's tokens
+    "mixer_micro_patch4_32": ("blocks.3", (2, 8, 8)),
+    "swin_micro_patch4_window4_32": ("layers.2", (2, 2, 2)),  # channels-last map
+    "convnext_micro_32": ("stages.3", (2, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CAM))
+def test_grad_cam_layer_shape_and_sign_per_family(name):
+    m = with_live_head(name)
+    x = torch.randn(2, m.cfg.in_chans, m.cfg.img_size, m.cfg.img_size)
+    layer, shape = CAM[name]
+    assert cam_layer(m) == layer
+    cam, target = grad_cam(m, x, target=torch.tensor([0, 1]))
+    assert cam.shape == shape and (cam >= 0).all() and cam.sum() > 0 and target.tolist() == [0, 1]
+
+
+def test_grad_cam_after_the_last_block_of_a_class_token_vit_is_zero():
+    m = with_live_head("vit_micro_patch2_8")
+    x = torch.randn(1, 1, 8, 8)
+    cam, _ = grad_cam(m, x, layer="blocks.3")  # patch tokens after the last block never reach the class token
+    assert (cam == 0).all()
+    assert grad_cam(m, x)[0].sum() > 0
+
+
+def test_cli_gradcam_compares_a_resnet_and_a_vit_on_one_image(tmp_path, image, capsys):
+    results = {}
+    for name, kw, grid in (("resnet18", {"img_size": 64}, [2, 2]), ("vit_micro_patch4_16", {}, [4, 4])):
+        ckpt = vitlab.save_checkpoint(with_live_head(name, **kw), tmp_path / f"{name}.safetensors")
+        out = tmp_path / name
+        assert main(["explain", "gradcam", "--checkpoint", str(ckpt), image, "--out", str(out), "--target", "3"]) == 0
+        results[name] = r = json.loads((out / "gradcam.json").read_text())
+        cam = np.array(r["cam"])
+        assert list(cam.shape) == grid and (cam >= 0).all() and r["target"] == 3 and 0 < r["probability"] < 1
+        assert (out / "gradcam.png").stat().st_size > 0
+    assert results["resnet18"]["layer"] == "layer4" and results["vit_micro_patch4_16"]["layer"] == "blocks.3.norm1"
+    capsys.readouterr()
+    args = ["explain", "gradcam", "--model", "vit_micro_patch2_8", image, "--out", str(tmp_path / "z")]
+    assert main(args) == 0  # a random-init ViT: zero head, zero map, and a note saying so
+    assert "the map is zero everywhere" in capsys.readouterr().out
+    assert main(args + ["--target", "10"]) == 2
+    assert "--target 10: vit_micro_patch2_8 has 10 classes, so indices lie in [0, 9]" in capsys.readouterr().err
+    assert main(args + ["--target", "cat"]) == 2
+    assert "--target 'cat': give a class index in [0, 9]" in capsys.readouterr().err

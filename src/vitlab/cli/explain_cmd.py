@@ -12,6 +12,8 @@ patch-embed       principal components of the first-layer (patch-embedding) filt
 attention-distance
                   mean attention distance of every head against depth, averaged over the images given (ViT Fig. 7
                   right)
+gradcam           Grad-CAM (Selvaraju et al. 2017) of a class on the last feature map of a CNN or the token grid of
+                  a ViT, so that the two can be compared on one image
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def add_parser(sub, argv: list[str]) -> None:
     ad.add_argument("images", nargs="+", help="image files the distances are averaged over (a few suffice)")
     ad.add_argument("--out", required=True, help="directory for attention_distance.png and .json (created)")
     ad.set_defaults(run=run_attention_distance)
+
+    gc = kinds.add_parser("gradcam", help="Grad-CAM of a class on the last feature map (CNNs) or token grid (ViTs)")
+    _model_args(gc)
+    _image_args(gc, "gradcam.png and gradcam.json")
+    gc.add_argument("--target", default=None, help="class index or label (default: the top prediction)")
+    gc.set_defaults(run=run_gradcam)
 
 
 def _model_args(p) -> None:
@@ -525,4 +533,90 @@ def run_attention_distance(args: argparse.Namespace) -> int:
             f"layer {i:>3}: {len(d)} heads, mean attention distance {d.min():.1f}-{d.max():.1f}px (mean {d.mean():.1f})"
         )
     print(f"wrote {out / 'attention_distance.png'} and {out / 'attention_distance.json'}")
+    return 0
+
+
+# ----- Grad-CAM -------------------------------------------------------------------------------------------------
+
+
+def _target(spec: str | None, model, name: str) -> int | None:
+    from vitlab.errors import ConfigError
+
+    if spec is None:
+        return None
+    labels = list(model.cfg.labels)
+    if spec in labels:
+        return labels.index(spec)
+    try:
+        index = int(spec)
+    except ValueError:
+        known = f"one of its labels ({', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''})" if labels else ""
+        raise ConfigError(
+            f"--target {spec!r}: give a class index in [0, {model.num_classes - 1}]" + (f" or {known}" if known else "")
+        ) from None
+    if not 0 <= index < model.num_classes:
+        raise ConfigError(f"--target {index}: {name} has {model.num_classes} classes, so indices lie in "
+                          f"[0, {model.num_classes - 1}]")  # fmt: skip
+    return index
+
+
+def run_gradcam(args: argparse.Namespace) -> int:
+    import torch
+    import torch.nn.functional as F
+
+    from vitlab.errors import ConfigError
+    from vitlab.explain.gradcam import cam_layer, grad_cam
+
+    model, trained, name = _load(args)
+    model = (trained or model).eval()
+    if not model.num_classes:
+        raise ConfigError(f"{name} has no classifier (num_classes=0): Grad-CAM needs a class score")
+    target = _target(args.target, model, name)
+    x, image = _load_image(args.image, model)
+    try:
+        layer = cam_layer(model)
+        cam, chosen = grad_cam(model, x, target, layer)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+    with torch.no_grad():
+        probs = model(x).softmax(dim=-1)[0]
+    c = int(chosen[0])
+    label = model.cfg.labels[c] if c < len(model.cfg.labels) else str(c)
+    cam = cam[0]  # (h, w)
+    peak = cam.max().item()
+    S = image.shape[0]
+    shown = F.interpolate(cam[None, None], size=(S, S), mode="bilinear", align_corners=False)[0, 0]
+    shown = shown / peak if peak > 0 else shown
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3.3))
+    grey = image.shape[-1] != 3
+    for ax in axes:
+        ax.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None)
+        ax.axis("off")
+    axes[1].imshow(shown.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+    axes[0].set_title("input", fontsize=8)
+    axes[1].set_title(
+        f"Grad-CAM of {label!r} (p={probs[c]:.3f})\non {layer}, {cam.shape[0]}x{cam.shape[1]}", fontsize=8
+    )
+    fig.suptitle(name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "gradcam.png", dpi=120)
+    plt.close(fig)
+    result = {
+        "model": name,
+        "image": args.image,
+        "layer": layer,
+        "target": c,
+        "label": label,
+        "probability": round(probs[c].item(), 6),
+        "cam": [[round(v, 6) for v in row] for row in cam.tolist()],
+    }
+    (out / "gradcam.json").write_text(json.dumps(result, indent=1))
+    print(f"{name}: Grad-CAM of class {c} ({label}, p={probs[c]:.3f}) on {layer}, a {cam.shape[0]}x{cam.shape[1]} map")
+    if peak == 0:
+        print("note: the map is zero everywhere (no positive evidence; a zero-initialised head, as at random init, "
+              "gives no gradient): use --checkpoint for a trained model")  # fmt: skip
+    print(f"wrote {out / 'gradcam.png'} and {out / 'gradcam.json'}")
     return 0
