@@ -113,6 +113,10 @@ def test_cli_attention_with_heads_and_rollout(tmp_path, image, capsys):
     for f in ("attention.png", "rollout.png"):
         assert (out / f).stat().st_size > 0
     assert "layer   3: class token on a 4x4 grid" in capsys.readouterr().out
+    assert main(args + ["--layers", "1", "--query", "mean"]) == 0  # again into the same directory: files replaced
+    result = json.loads((out / "attention.json").read_text())
+    assert list(result["layers"]) == ["1"] and result["layers"]["1"]["query"] == "mean over patch queries"
+    assert "rollout" not in result and not (out / "rollout.png").exists()
 
 
 @pytest.mark.parametrize("name", ["swin_micro_patch4_window4_32", "cvt_micro_32", "cpvt_micro_patch4_8"])

@@ -300,24 +300,30 @@ def _query_name(q, layer) -> str:
     return {0: "class token", 1: "distillation token", "mean": "mean over patch queries"}.get(q, f"prefix token {q}")
 
 
+def _short(q, layer) -> str:
+    if q is None:
+        q = 0 if layer.q_prefix else "mean"
+    return {0: "cls", 1: "dist"}.get(q, str(q))
+
+
 def run_attention(args: argparse.Namespace) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from vitlab.errors import ConfigError
+    from vitlab.explain.attention import _layer_indices
     from vitlab.explain.grid import grid_attention, grid_rollout
 
     model, name, count = _attention_model(args)
-    x, image = _load_image(args.image, model)
     layers = _int_list(args.layers, "--layers") if args.layers else None
+    try:
+        _layer_indices(layers, count)
+    except ValueError as e:
+        raise ConfigError(f"--layers: {name}: {e}") from None
     if args.query == "dist" and getattr(model, "num_prefix_tokens", 0) < 2:
         raise ConfigError(f"--query dist: {name} has no distillation token (only DeiT's *_distilled_* models do)")
+    x, image = _load_image(args.image, model)
     try:
         found = grid_attention(model, x, layers)
-    except ValueError as e:  # a layer out of range
-        raise ConfigError(f"--layers: {name}: {e}") from None
+    except ValueError as e:  # tokens that cannot be placed on the image
+        raise ConfigError(f"{name}: {e}") from None
     if args.query == "cls" and not all(g.q_prefix for g in found.values()):
         no_cls = [i for i, g in found.items() if not g.q_prefix]
         raise ConfigError(f"--query cls: {name} has no class token in attention layer(s) {no_cls}; use --query mean")
@@ -332,6 +338,8 @@ def run_attention(args: argparse.Namespace) -> int:
     rolled = rollout.query_map(_query(args))[0, 0] if rollout is not None else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "rollout.png").unlink(missing_ok=True)  # not left over from an earlier run with --rollout
+    plt = _plt()
     result = {"model": name, "image": args.image, "img_size": image.shape[0], "layers": {}}
     if args.heads:  # a row per layer: the mean, then each head
         rows, cols = len(maps), 1 + max(m.shape[0] for m in maps.values())
@@ -351,14 +359,15 @@ def run_attention(args: argparse.Namespace) -> int:
         }
         if args.heads:
             entry["heads"] = [[[round(v, 5) for v in row] for row in h.tolist()] for h in m]
-            _overlay(axes[n][0], image, mean.numpy(), g.k_stride, f"layer {i}: mean of {m.shape[0]} heads")
+            who = _short(q, g)
+            _overlay(axes[n][0], image, mean.numpy(), g.k_stride, f"layer {i} ({who}): mean over heads")
             for h in range(m.shape[0]):
-                _overlay(axes[n][h + 1], image, m[h].numpy(), g.k_stride, f"layer {i} head {h}")
+                _overlay(axes[n][h + 1], image, m[h].numpy(), g.k_stride, f"layer {i} ({who}) head {h}")
         else:
-            _overlay(axes[n // cols][n % cols], image, mean.numpy(), g.k_stride, f"layer {i}")
+            _overlay(axes[n // cols][n % cols], image, mean.numpy(), g.k_stride, f"layer {i} ({_short(q, g)})")
         result["layers"][str(i)] = entry
-    first = found[min(found)]
-    fig.suptitle(f"{name}: attention of the {_query_name(_query(args), first)} ({count} attention layers)")
+    queries = ", ".join(sorted({f"{_short(_query(args), g)} = {_query_name(_query(args), g)}" for g in found.values()}))
+    fig.suptitle(f"{name}: attention on the image, {len(found)} of {count} layers ({queries})", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "attention.png", dpi=120)
     plt.close(fig)
