@@ -42,7 +42,7 @@ def add_parser(sub, argv: list[str]) -> None:
     erf.set_defaults(run=run_erf)
 
     at = kinds.add_parser("attention", help="attention maps of chosen layers (and rollout) overlaid on an image")
-    _model_args(at)
+    _model_args(at, img_size=False)
     _image_args(at, "attention.png and attention.json (rollout.png with --rollout)")
     at.add_argument("--layers", default=None, help="comma-separated attention-layer indices, negatives count back "
                     "(default: all)")  # fmt: skip
@@ -54,33 +54,36 @@ def add_parser(sub, argv: list[str]) -> None:
     at.set_defaults(run=run_attention)
 
     pe = kinds.add_parser("pos-embed", help="cosine similarity between the learned position embeddings of patches")
-    _model_args(pe)
+    _model_args(pe, img_size=False)
     pe.add_argument("--out", required=True, help="directory for pos_embed.png and pos_embed.json (created)")
     pe.set_defaults(run=run_pos_embed)
 
     pc = kinds.add_parser("patch-embed", help="principal components of the first-layer (patch-embedding) filters")
-    _model_args(pc)
+    _model_args(pc, img_size=False)
     pc.add_argument("--components", type=int, default=28, help="components drawn (ViT Fig. 7: 28)")
     pc.add_argument("--out", required=True, help="directory for patch_embed.png and patch_embed.json (created)")
     pc.set_defaults(run=run_patch_embed)
 
     ad = kinds.add_parser("attention-distance", help="mean attention distance of every head against depth")
-    _model_args(ad)
+    _model_args(ad, img_size=False)
     ad.add_argument("images", nargs="+", help="image files the distances are averaged over (a few suffice)")
     ad.add_argument("--out", required=True, help="directory for attention_distance.png and .json (created)")
     ad.set_defaults(run=run_attention_distance)
 
     gc = kinds.add_parser("gradcam", help="Grad-CAM of a class on the last feature map (CNNs) or token grid (ViTs)")
-    _model_args(gc)
+    _model_args(gc, img_size=False)
     _image_args(gc, "gradcam.png and gradcam.json")
     gc.add_argument("--target", default=None, help="class index or label (default: the top prediction)")
     gc.set_defaults(run=run_gradcam)
 
 
-def _model_args(p) -> None:
+def _model_args(p, img_size: bool = True) -> None:
+    """--model/--checkpoint, and --img-size where the command builds its own inputs (images are resized to the
+    model's own size instead, as for evaluation)."""
     p.add_argument("--model", default=None, help="registered model name (random weights unless --checkpoint)")
     p.add_argument("--checkpoint", default=None, help="vitlab run directory or checkpoint (trained weights)")
-    p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
+    if img_size:
+        p.add_argument("--img-size", type=int, default=None, help="input side (default: the model's)")
 
 
 def _image_args(p, outputs: str) -> None:
@@ -96,7 +99,7 @@ def _load(args):
 
     if args.model is None and args.checkpoint is None:
         raise ConfigError("give --model NAME or --checkpoint RUN")
-    if args.img_size is not None and args.img_size < 1:
+    if getattr(args, "img_size", None) is not None and args.img_size < 1:
         raise ConfigError(f"--img-size must be >= 1, got {args.img_size}")
     trained = load_model(args.checkpoint, args.model) if args.checkpoint else None
     name = args.model or trained.model_name
