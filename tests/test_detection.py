@@ -372,3 +372,31 @@ def test_detection_bad_input_is_one_line(tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         assert message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
         assert not (tmp_path / "r").exists()
+
+
+def test_backbone_pretrained_loads_the_classifier_and_freezes_its_batch_norm(tmp_path):
+    """--backbone-pretrained: a classification checkpoint's weights and BN statistics start the backbone, its BN is
+    frozen (no BatchNorm2d left, statistics kept through training) and --lr-backbone 0 leaves it untouched."""
+    from safetensors.torch import save_file
+
+    from vitlab import create_model
+    from vitlab.cli.common import load_model
+
+    source = create_model("resnet18", num_classes=7)
+    with torch.no_grad():
+        for t in source.state_dict().values():
+            t.add_(torch.rand_like(t.float()).to(t.dtype) * 0.1 + 0.05 if t.is_floating_point() else 0)
+    file = tmp_path / "r18.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, file)
+    out = tmp_path / "run"
+    args = ["train", "--task", "detection", "--backbone", "resnet18", "--backbone-pretrained", str(file)]
+    args += ["--lr-backbone", "0", "--epochs", "1", "--batch-size", "4", "--shapes-train", "8", "--shapes-val", "4"]
+    assert main([*args, "--out", str(out)]) == 0
+    model = load_model(str(out), None)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    trained = model.backbone.model.state_dict()
+    expected = {k: v for k, v in source.state_dict().items() if k in trained}
+    assert "layer4.1.bn2.running_var" in expected and "conv1.weight" in expected
+    for k, v in expected.items():
+        torch.testing.assert_close(trained[k], v.to(trained[k].dtype), msg=k)
+    assert json.loads((out / "config.json").read_text())["task_cfg"]["lr_backbone"] == 0
