@@ -91,6 +91,28 @@ def attention_maps(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | No
     return maps
 
 
+def attention_maps_and_inputs(
+    model: nn.Module, x: torch.Tensor, layers: list[int], modules: dict[int, nn.Module]
+) -> tuple[dict[int, torch.Tensor], dict[int, tuple]]:
+    """`attention_maps(model, x, layers)` and, for each i in `modules`, the positional inputs that module received
+    during the same forward (its geometry: token counts, grids)."""
+    seen: dict[int, tuple] = {}
+
+    def recorder(i: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            seen[i] = args
+
+        return hook
+
+    hooks = [m.register_forward_pre_hook(recorder(i)) for i, m in modules.items()]
+    try:
+        maps = attention_maps(model, x, layers)
+    finally:
+        for h in hooks:
+            h.remove()
+    return maps, seen
+
+
 def _rollout_refusal(i: int, a: torch.Tensor, batch: int, tokens: int | None) -> str | None:
     """Why rollout is undefined at layer i with probabilities `a`, as one sentence; None when it is defined."""
     if a.shape[0] != batch:

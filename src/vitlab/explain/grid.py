@@ -24,7 +24,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vitlab.explain.attention import _layer_indices, attention_layers, attention_maps, attention_rollout
+from vitlab.explain.attention import (
+    _layer_indices,
+    attention_layers,
+    attention_maps_and_inputs,
+    attention_rollout,
+)
 from vitlab.explain.windows import swin_attention_maps
 
 
@@ -102,20 +107,7 @@ def grid_attention(model: nn.Module, x: torch.Tensor, layers: Sequence[int] | No
     H_img, W_img = x.shape[-2:]
     if all(_is_windowed(model, attn[i]) for i in idx):
         return _swin(model, x, idx)
-    seen: dict[int, tuple] = {}
-
-    def recorder(i: int):
-        def hook(module: nn.Module, args: tuple) -> None:
-            seen[i] = args
-
-        return hook
-
-    hooks = [attn[i].register_forward_pre_hook(recorder(i)) for i in idx]
-    try:
-        maps = attention_maps(model, x, idx)
-    finally:
-        for h in hooks:
-            h.remove()
+    maps, seen = attention_maps_and_inputs(model, x, idx, {i: attn[i] for i in idx})
     out = {}
     for i in idx:
         p = maps[i]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from vitlab.explain.attention import _layer_indices, attention_layers, attention_maps
+from vitlab.explain.attention import _layer_indices, attention_layers, attention_maps_and_inputs
 from vitlab.ops.windows import window_partition
 
 
@@ -70,20 +70,8 @@ def swin_attention_maps(
                 "shift_size; use vitlab.explain.attention_maps for models without windowed attention"
             )
         blocks[i] = blk
-    grids: dict[int, tuple[int, int]] = {}
-
-    def recorder(i: int):
-        def hook(module: nn.Module, args: tuple) -> None:
-            grids[i] = (args[0].shape[1], args[0].shape[2])  # the block's input (B, H, W, C)
-
-        return hook
-
-    hooks = [blk.register_forward_pre_hook(recorder(i)) for i, blk in blocks.items()]
-    try:
-        maps = attention_maps(model, x, idx)
-    finally:
-        for h in hooks:
-            h.remove()
+    maps, inputs = attention_maps_and_inputs(model, x, idx, blocks)
+    grids = {i: (a[0].shape[1], a[0].shape[2]) for i, a in inputs.items()}  # each block's input (B, H, W, C)
     out = {}
     for i, blk in blocks.items():
         ws = blk.window_size
