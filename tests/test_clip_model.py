@@ -1,18 +1,20 @@
 """CLIP against random-initialised transformers CLIPModels (ViT-B/32 and a small config), weights perturbed so every
 weight matters; openai/open_clip names; the logit-scale clamp; the causal mask and end-of-text pooling."""
 
+import dataclasses
 import json
 import math
 from dataclasses import replace
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from vitlab.data.tokenizer import ClipTokenizer, find_clip_vocab
 from vitlab.errors import UnknownModelError
+from vitlab.factory import create_model, load_checkpoint
 from vitlab.models.clip import CLIP_VARIANTS, ClipConfig, ClipModel, create_clip
-from vitlab.weights.clip import clip_config_from_hf, convert_clip, convert_clip_hf
+from vitlab.weights.clip import CLIP_HF_VARIANTS, clip_config_from_hf, convert_clip, convert_clip_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -40,6 +42,9 @@ def _hf_clip(tmp_path, seed=0, **kw):
     config = json.loads((tmp_path / "config.json").read_text())
     model = ClipModel(ClipConfig(**clip_config_from_hf(config))).eval()
     model.load_state_dict(convert_clip(load_file(tmp_path / "model.safetensors")))  # strict: every key fits
+    loaded = load_checkpoint(tmp_path).eval()  # as a user loads the directory: the nearest variant, resized
+    assert loaded.cfg == replace(model.cfg, mean=loaded.cfg.mean, std=loaded.cfg.std)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
     return hf, model
 
 
@@ -156,10 +161,15 @@ def test_openai_names_load_with_identical_outputs(tmp_path):
     other.load_state_dict(convert_clip(openai_state))  # strict
     ddp = ClipModel(model.cfg).eval()
     ddp.load_state_dict(convert_clip({f"module.{k}": v for k, v in openai_state.items()}))
+    save_file(
+        {k: v.contiguous() for k, v in openai_state.items()}, tmp_path / "openai.safetensors"
+    )  # a bare file: the loader tells the names by key
+    fields = {k: v for k, v in dataclasses.asdict(model.cfg).items() if k not in ("mean", "std")}
+    by_path = create_model("clip_vit_tiny_patch8_32", pretrained=tmp_path / "openai.safetensors", **fields).eval()
     images, ids = torch.randn(2, 3, 32, 32), _ids(3, [4, 9, 16], 100, 16)
     with torch.no_grad():
         ref = model(images, ids)
-        for m in (other, ddp):
+        for m in (other, ddp, by_path):
             out = m(images, ids)
             for name in ("image_embeds", "text_embeds", "logits_per_image", "logits_per_text"):
                 assert torch.equal(getattr(out, name), getattr(ref, name)), name
@@ -227,3 +237,11 @@ def test_variants_and_config_errors():
         model.encode_image(torch.randn(1, 3, 32, 32))
     with pytest.raises(ValueError, match="context_length=77"):
         model.encode_text(torch.zeros(1, 78, dtype=torch.long))
+
+
+def test_the_loaders_variant_table_matches_the_registered_variants():
+    """weights/ knows no model: its copy of each variant's defining fields must equal the registered configs."""
+    assert CLIP_HF_VARIANTS.keys() == CLIP_VARIANTS.keys()
+    for name, fields in CLIP_HF_VARIANTS.items():
+        cfg = dataclasses.asdict(create_clip(name).cfg)
+        assert {k: cfg[k] for k in fields} == fields, name

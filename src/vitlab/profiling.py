@@ -34,8 +34,10 @@ def model_stats(name: str, img_size: int | None = None, flops: bool = True, **ov
     total = 0
     if flops and hasattr(cfg, "img_size"):  # a detector's FLOPs depend on the image: not counted here
         with torch.device("meta"):
-            x = torch.empty(1, chans, size, size)
+            inputs = [torch.empty(1, chans, size, size)]
+            if hasattr(model, "encode_text"):  # CLIP: one image and one full-context caption
+                inputs.append(torch.zeros(1, cfg.context_length, dtype=torch.long))
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model.eval()(x)
+            model.eval()(*inputs)
         total = counter.get_total_flops()
     return ModelStats(name, params, total, size)

@@ -48,3 +48,22 @@ def checkpoint_task(checkpoint: str) -> str | None:
     except (CheckpointError, json.JSONDecodeError):  # a corrupt file: loading it reports the error properly
         return None
     return extra.get("task") if isinstance(extra, dict) else None
+
+
+def run_task_config(checkpoint: str, task):
+    """The task config a run directory was trained with (its config.json), so eval and zeroshot see the same data
+    sizes and tokenizer; the task's defaults for a bare checkpoint file, another task's run, or a config that does
+    not parse (loading the checkpoint reports real problems)."""
+    import json
+    from pathlib import Path
+
+    from vitlab.engine.trainer import config_from_json
+
+    cfg = Path(checkpoint) / "config.json"
+    if not cfg.is_file():
+        return task.config_cls()
+    try:
+        saved = config_from_json(json.loads(cfg.read_text(encoding="utf-8")), str(cfg))
+    except (CheckpointError, json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return task.config_cls()
+    return saved.task_cfg if isinstance(saved.task_cfg, task.config_cls) else task.config_cls()

@@ -25,7 +25,7 @@ def add_parser(sub, argv: list[str]) -> None:
 def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from vitlab.cli.common import checkpoint_task, load_model
+    from vitlab.cli.common import checkpoint_task, load_model, run_task_config
     from vitlab.cli.text import printable
     from vitlab.engine.evaluators import evaluate
     from vitlab.engine.tasks import get_task
@@ -37,9 +37,9 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.test_fraction < 1:  # also refuses nan
         raise ConfigError(f"--test-fraction must be in (0, 1), got {args.test_fraction}")
     device = resolve_device(args.device)
-    task = get_task(args.task or checkpoint_task(args.checkpoint) or "classification").for_evaluation()
-    tcfg = task.config_cls()
     model = load_model(args.checkpoint, args.model).to(device)
+    task = get_task(args.task or checkpoint_task(args.checkpoint) or task_for_model(model)).for_evaluation()
+    tcfg = run_task_config(args.checkpoint, task)
     data = args.data or task.default_data
     splits = task.load_data(data, args.test_fraction, tcfg)
     task.check_model(model, splits, f"--data {data}")
@@ -59,6 +59,19 @@ def run(args: argparse.Namespace) -> int:
     for line in task.summary_lines(r, evaluator, splits):
         print(printable(line))  # class names are folder names: whatever bytes the data set's author chose
     return 0
+
+
+def task_for_model(model) -> str:
+    """The task that trains this kind of model (a transformers CLIP or DETR directory does not name its task)."""
+    from vitlab.engine.tasks import TASKS, get_task
+    from vitlab.errors import UnknownModelError
+    from vitlab.registry import get_entry
+
+    try:
+        kind = get_entry(model.model_name).kind
+    except (AttributeError, UnknownModelError):  # a model outside the registry: the classifier default
+        return "classification"
+    return next((name for name in TASKS if get_task(name).model_kind == kind), "classification")
 
 
 def _check_finite_weights(model, checkpoint: str) -> None:

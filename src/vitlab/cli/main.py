@@ -14,6 +14,7 @@ SUBCOMMANDS = (
     "eval",
     "predict",
     "detect",
+    "zeroshot",
     "export",
     "explain",
     "denoise",

@@ -70,6 +70,7 @@ class CaptionBatch(Batch):
     images: torch.Tensor  # (B, C, H, W)
     input_ids: torch.Tensor  # (B, T) int64, padded with pad_id
     attention_mask: torch.Tensor  # (B, T) int64, 1 on real tokens
+    labels: torch.Tensor | None = None  # (B,) int64 zero-shot class of each image, -1 where it has none
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -133,16 +134,17 @@ def collate_detection(samples: Sequence[tuple[torch.Tensor, dict]]) -> Detection
     return DetectionBatch(padded, mask, boxes, labels, ids, sizes)
 
 
-def collate_captions(samples: Sequence[tuple[torch.Tensor, Sequence[int]]], pad_id: int = 0) -> CaptionBatch:
-    """[(image, token ids)] -> CaptionBatch with ids right-padded to the longest caption."""
-    images, ids = zip(*samples, strict=True)
+def collate_captions(samples: Sequence[tuple], pad_id: int = 0) -> CaptionBatch:
+    """[(image, token ids)] or [(image, token ids, class index)] -> CaptionBatch, ids right-padded to the longest."""
+    images, ids = [s[0] for s in samples], [s[1] for s in samples]
     T = max(len(t) for t in ids)
     input_ids = torch.full((len(ids), T), pad_id, dtype=torch.long)
     attention_mask = torch.zeros(len(ids), T, dtype=torch.long)
     for b, t in enumerate(ids):
         input_ids[b, : len(t)] = torch.as_tensor(list(t), dtype=torch.long)
         attention_mask[b, : len(t)] = 1
-    return CaptionBatch(torch.stack(images), input_ids, attention_mask)
+    labels = _labels([s[2] for s in samples]) if all(len(s) > 2 for s in samples) else None
+    return CaptionBatch(torch.stack(images), input_ids, attention_mask, labels)
 
 
 def collate_views(samples: Sequence[tuple[Sequence[torch.Tensor], int | None]]) -> MultiViewBatch:

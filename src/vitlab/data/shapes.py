@@ -39,7 +39,7 @@ class ShapesConfig:
             raise ValueError(f"need 0 < min_object <= max_object <= 1, got {self.min_object}, {self.max_object}")
 
 
-def _shape_mask(kind: int, size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+def shape_mask(kind: int, size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
     """(H, W) bool mask of one shape drawn inside box = (x0, y0, x1, y1), inclusive pixel corners."""
     canvas = Image.new("L", size, 0)
     draw = ImageDraw.Draw(canvas)
@@ -76,7 +76,7 @@ def render_image(rng: np.random.Generator, cfg: ShapesConfig) -> tuple[np.ndarra
             side = int(rng.uniform(cfg.min_object, cfg.max_object) * min(H, W))
             x0, y0 = int(rng.integers(0, W - side)), int(rng.integers(0, H - side))
             kind = int(rng.integers(len(SHAPE_CLASSES)))
-            mask = _shape_mask(kind, (W, H), (x0, y0, x0 + side, y0 + side))
+            mask = shape_mask(kind, (W, H), (x0, y0, x0 + side, y0 + side))
             trial = owner.copy()
             trial[mask] = len(drawn)
             # every object drawn so far, and this one, must keep min_visible of its pixels

@@ -13,8 +13,11 @@ clamp is applied to exp(t) in the forward (the reference clamps t in place after
 used is the same, but here no training loop has to remember it). The model computes no loss
 (`vitlab.losses.contrastive` does).
 
-Not in the model registry, like DETR: the registry's contract tests call `model(images)` and expect a classifier.
-Build by name with `create_clip("clip_vit_base_patch32_224")`; load weights with `vitlab.weights.clip.convert_clip`.
+Registered with kind "clip" (`create_model("clip_vit_base_patch32_224")`, `vitlab models 'clip_*'`): the registry's
+classifier contract (`model(images) -> logits`) does not apply. `create_clip(name)` builds one without the registry.
+A transformers `CLIPModel` directory, or a state dict in HF's or openai/open_clip's names, loads with
+`load_checkpoint` / `create_model(name, pretrained=PATH)` (the converter is `vitlab.weights.clip.HF`).
+SigLIP (`logit_bias_init` set) adds the learned bias its pairwise sigmoid loss needs (`vitlab.losses.contrastive`).
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from vitlab.errors import UnknownModelError
 from vitlab.layers import Attention, Mlp, attend
 from vitlab.layers.patch_embed import check_patch_input
 from vitlab.models.outputs import ClipOutput
+from vitlab.registry import register_variants
 
 __all__ = ["CLIP_VARIANTS", "ClipConfig", "ClipModel", "QuickGELU", "create_clip"]
 
@@ -61,6 +66,7 @@ class ClipConfig:
     norm_eps: float = 1e-5  # LayerNorm epsilon of PyTorch, OpenAI and HF CLIP
     logit_scale_init: float = math.log(1 / 0.07)  # t at the start: temperature 0.07 (sec. 2.5)
     logit_scale_max: float = 100.0  # exp(t) clamped here, "to prevent scaling the logits by more than 100"
+    logit_bias_init: float | None = None  # SigLIP's learned logit bias b (the paper: -10); None: no bias (CLIP)
     mean: tuple[float, ...] = OPENAI_MEAN  # per-channel input normalisation (pretrained_cfg, for the transforms)
     std: tuple[float, ...] = OPENAI_STD
 
@@ -117,6 +123,15 @@ class ResidualBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor | None, checkpoint: bool) -> torch.Tensor:
+    for blk in blocks:
+        if checkpoint and x.requires_grad:
+            x = torch.utils.checkpoint.checkpoint(blk, x, mask, use_reentrant=False)
+        else:
+            x = blk(x, mask)
+    return x
+
+
 def _init_blocks(blocks: nn.ModuleList, width: int) -> None:
     """openai/CLIP `initialize_parameters`: attention std width^-0.5, MLP-in (2 width)^-0.5, and the residual
     outputs (attention and MLP projections) width^-0.5 (2 depth)^-0.5, so the residual stream's variance stays put."""
@@ -150,6 +165,7 @@ class VisionTower(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(D, cfg.vision_heads, cfg) for _ in range(cfg.vision_depth))
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.proj = nn.Linear(D, cfg.embed_dim, bias=False)
+        self.grad_checkpointing = False
         _init_blocks(self.blocks, D)
         nn.init.normal_(self.proj.weight, std=D**-0.5)
 
@@ -158,9 +174,7 @@ class VisionTower(nn.Module):
         x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, Hp*Wp, D)
         cls = self.cls_token.expand(x.shape[0], 1, -1)  # (B, 1, D)
         x = self.norm_pre(torch.cat([cls, x], dim=1) + self.pos_embed)  # (B, N, D)
-        for blk in self.blocks:
-            x = blk(x)
-        return x
+        return _run_blocks(self.blocks, x, None, self.grad_checkpointing)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.proj(self.norm(self.forward_features(images)[:, 0]))  # (B, E)
@@ -181,6 +195,7 @@ class TextTower(nn.Module):
         self.blocks = nn.ModuleList(ResidualBlock(D, cfg.text_heads, cfg) for _ in range(cfg.text_depth))
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.proj = nn.Linear(D, cfg.embed_dim, bias=False)
+        self.grad_checkpointing = False
         nn.init.normal_(self.token_embed.weight, std=0.02)  # openai/CLIP's init
         nn.init.normal_(self.pos_embed, std=0.01)
         _init_blocks(self.blocks, D)
@@ -196,9 +211,7 @@ class TextTower(nn.Module):
         x = self.token_embed(input_ids) + self.pos_embed[:T]  # (B, T, D)
         # additive causal mask: token i attends to tokens j <= i only
         mask = torch.full((T, T), float("-inf"), device=x.device, dtype=x.dtype).triu(1)  # (T, T)
-        for blk in self.blocks:
-            x = blk(x, mask)
-        return self.norm(x)
+        return self.norm(_run_blocks(self.blocks, x, mask, self.grad_checkpointing))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.forward_features(input_ids)  # (B, T, D)
@@ -217,15 +230,26 @@ class ClipModel(nn.Module):
         self.visual = VisionTower(cfg)
         self.text = TextTower(cfg)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))  # t; the scale is exp(t)
+        if cfg.logit_bias_init is not None:  # SigLIP's b, added to every pair's logit
+            self.logit_bias = nn.Parameter(torch.tensor(float(cfg.logit_bias_init)))
 
     @property
     def pretrained_cfg(self) -> dict:
         c = self.cfg
         return dict(input_size=(c.in_chans, c.img_size, c.img_size), mean=c.mean, std=c.std, interpolation="bicubic")
 
+    @property
+    def towers(self) -> dict[str, nn.Module]:
+        """The two towers by the names `--lock` takes (LiT locks one and trains the other)."""
+        return {"image": self.visual, "text": self.text}
+
     def no_weight_decay(self) -> set[str]:
-        # open_clip's rule: no decay on gains, biases, embeddings and the temperature
+        # open_clip's rule: no decay on gains, biases, embeddings and the temperature (the bias is 0-d: no decay)
         return {"logit_scale", "visual.cls_token", "visual.pos_embed", "text.pos_embed"}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each tower's block activations in backward: less memory for more compute."""
+        self.visual.grad_checkpointing = self.text.grad_checkpointing = enable
 
     def encode_image(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """(B, C, H, W) -> (B, E), unit-norm unless `normalize=False`."""
@@ -244,6 +268,8 @@ class ClipModel(nn.Module):
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor) -> ClipOutput:
         img, txt = self.encode_image(images), self.encode_text(input_ids)  # (B, E), (B', E), unit norm
         logits_per_image = self.scale() * img @ txt.t()  # (B, B') cosine similarities * exp(t)
+        if hasattr(self, "logit_bias"):
+            logits_per_image = logits_per_image + self.logit_bias
         return ClipOutput(img, txt, logits_per_image, logits_per_image.t())
 
 
@@ -270,3 +296,6 @@ def create_clip(name: str, **overrides) -> ClipModel:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownModelError(f"unknown CLIP model {name!r}: known are {', '.join(CLIP_VARIANTS)}{hint}")
     return ClipModel(ClipConfig(**{**CLIP_VARIANTS[name], **overrides}))
+
+
+register_variants(CLIP_VARIANTS, family="clip", config_cls=ClipConfig, model_cls=ClipModel, kind="clip")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from vitlab.weights import convnext, cvt, resnet, swin, vit
+from vitlab.weights import clip, convnext, cvt, resnet, swin, vit
 from vitlab.weights.hf import HfConverter
 
 HF_CONVERTERS: dict[str, HfConverter] = {
@@ -18,6 +18,7 @@ HF_CONVERTERS: dict[str, HfConverter] = {
     "cvt": cvt.HF,
     "convnext": convnext.HF,
     "resnet": resnet.HF,
+    "clip": clip.HF,  # transformers' CLIPModel; by key also openai/CLIP's and open_clip's ViT state dicts
 }
 
 
@@ -32,4 +33,4 @@ def find_by_family(family: str) -> HfConverter | None:
 
 def find_by_keys(state: dict[str, torch.Tensor]) -> HfConverter | None:
     """The converter whose marker key the state dict has (a transformers state dict without its config.json)."""
-    return next((c for c in HF_CONVERTERS.values() if any(k.endswith(c.marker) for k in state)), None)
+    return next((c for c in HF_CONVERTERS.values() if c.matches(state)), None)

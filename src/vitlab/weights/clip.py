@@ -13,7 +13,11 @@ import re
 
 import torch
 
+from vitlab.errors import CheckpointError, ConfigError
+from vitlab.weights.hf import HfConverter, pick_variant
+
 __all__ = [
+    "HF",
     "clip_config_from_hf",
     "convert_clip",
     "convert_clip_hf",
@@ -170,3 +174,50 @@ def clip_config_from_hf(config: dict) -> dict:
         norm_eps=v["layer_norm_eps"],
         logit_scale_init=config.get("logit_scale_init_value", 2.6592),
     )
+
+
+# ----- the converter the loader finds by model_type "clip" or by key ------------------------------------------------
+_B32 = dict(
+    embed_dim=512, img_size=224, patch_size=32, in_chans=3, vision_width=768, vision_depth=12, vision_heads=12,
+    context_length=77, vocab_size=49408, text_width=512, text_depth=12, text_heads=8, mlp_ratio=4.0, quick_gelu=True,
+)  # fmt: skip
+# the registered CLIP variants' defining fields (vitlab.models.clip.CLIP_VARIANTS; a test keeps the two equal)
+CLIP_HF_VARIANTS: dict[str, dict] = {
+    "clip_vit_base_patch32_224": _B32,
+    "clip_vit_base_patch16_224": {**_B32, "patch_size": 16},
+    "clip_vit_large_patch14_224": {
+        **_B32, "patch_size": 14, "embed_dim": 768, "vision_width": 1024, "vision_depth": 24, "vision_heads": 16,
+        "text_width": 768, "text_heads": 12,
+    },
+    "clip_vit_tiny_patch8_32": {
+        **_B32, "img_size": 32, "patch_size": 8, "embed_dim": 64, "vision_width": 64, "vision_depth": 2,
+        "vision_heads": 2, "text_width": 64, "text_depth": 2, "text_heads": 2, "quick_gelu": False,
+    },
+}  # fmt: skip
+_NUMERICS = ("norm_eps", "logit_scale_init")
+
+
+def _fields(config: dict) -> dict:
+    try:
+        return clip_config_from_hf(config)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def clip_model_for(config: dict) -> tuple[str, dict]:
+    """config.json (model_type "clip") -> (registered name, overrides): ViT-B/32 at 224 -> clip_vit_base_patch32_224."""
+    return pick_variant(_fields(config), CLIP_HF_VARIANTS, numerics=_NUMERICS)
+
+
+def clip_to_hf(cfg: dict, state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
+    raise ConfigError("writing CLIP as a transformers CLIPModel is not supported; save a vitlab checkpoint")
+
+
+HF = HfConverter(
+    family="clip",
+    marker=("vision_model.embeddings.class_embedding", "visual.class_embedding"),  # HF's; openai/open_clip's
+    convert=convert_clip,
+    arch=lambda config, state: _fields(config),
+    model_for=clip_model_for,
+    to_hf=clip_to_hf,
+)

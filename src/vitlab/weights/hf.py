@@ -19,13 +19,18 @@ from vitlab.errors import CheckpointError, ConfigError
 @dataclass(frozen=True)
 class HfConverter:
     family: str  # vitlab family the weights load into
-    marker: str  # a key suffix only this family's state dicts have
+    marker: str | tuple[str, ...]  # a key suffix only this family's state dicts have (one of several formats')
     convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]  # HF names -> vitlab names
     arch: Callable[[dict, dict[str, torch.Tensor]], dict]  # config.json (+ converted state) -> vitlab config fields
     model_for: Callable[[dict], tuple[str, dict]]  # config.json -> (registered model name, config overrides)
     # (vitlab config fields, vitlab state dict) -> (config.json, transformers state dict); ConfigError for what the
     # transformers class cannot express
     to_hf: Callable[[dict, dict[str, torch.Tensor]], tuple[dict, dict[str, torch.Tensor]]]
+
+    def matches(self, state: dict) -> bool:
+        """Whether the state dict holds this family's marker key (under any prefix)."""
+        markers = (self.marker,) if isinstance(self.marker, str) else self.marker
+        return any(k.endswith(m) for k in state for m in markers)
 
 
 def rename(state: dict[str, torch.Tensor], prefixes: tuple[str, ...], rules: list[tuple[str, str]]) -> dict:

@@ -11,12 +11,13 @@ from vitlab.engine.tasks.classification import (
     DistillationConfig,
     DistillationTask,
 )
+from vitlab.engine.tasks.clip import ClipTask, ClipTaskConfig
 from vitlab.engine.tasks.detection import DetectionConfig, DetectionTask
 from vitlab.engine.tasks.multilabel import MultiLabelConfig, MultiLabelTask
 from vitlab.errors import ConfigError
 
 TASKS: dict[str, Task] = {
-    t.name: t for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask())
+    t.name: t for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask())
 }
 
 
@@ -31,6 +32,7 @@ def get_task(name: str) -> Task:
 __all__ = [
     "TASKS",
     "ClassificationConfig",
+    "ClipTaskConfig",
     "DetectionConfig",
     "DistillationConfig",
     "MultiLabelConfig",
