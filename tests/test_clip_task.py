@@ -332,3 +332,46 @@ def test_a_transformers_clip_directory_runs_zeroshot_and_eval(tmp_path, capsys):
     assert {p["label"] for p in result["top"]} == {"cat", "dog"}
     assert main(["eval", "--checkpoint", str(tmp_path / "hf"), "--data", "captions"]) == 0  # the task from the model
     assert "task clip" in capsys.readouterr().out
+
+
+# ----- few-shot linear probes ---------------------------------------------------------------------------------------
+
+
+def test_few_shot_probe_on_separable_features_and_its_checks():
+    from vitlab.engine.evaluators.fewshot import few_shot_probe, parse_shots
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(3, 8) * 5
+    pool_y, test_y = torch.arange(3).repeat(10), torch.arange(3).repeat(7)
+    pool_x = centres[pool_y] + 0.3 * torch.randn(30, 8, generator=g)
+    test_x = centres[test_y] + 0.3 * torch.randn(21, 8, generator=g)
+    r = few_shot_probe(pool_x, pool_y, test_x, test_y, [1, 2, 4], repeats=2)
+    assert r.shots == [1, 2, 4] and r.mean == [1.0, 1.0, 1.0] and r.std == [0.0, 0.0, 0.0] and len(r.C) == 3
+    noise = few_shot_probe(torch.randn(30, 8, generator=g), pool_y, torch.randn(21, 8, generator=g), test_y, [4])
+    assert noise.mean[0] < 0.75  # no signal: no better than a lucky guess
+    with pytest.raises(ValueError, match="11 shots per class"):
+        few_shot_probe(pool_x, pool_y, test_x, test_y, [11])
+    assert parse_shots("16, 1,4,4") == [1, 4, 16]
+    for bad in ("0,2", "a", ""):
+        with pytest.raises(Exception, match="--few-shot"):
+            parse_shots(bad)
+
+
+def test_zeroshot_few_shot_curve_through_the_cli(clip_run, tmp_path, capsys):
+    plot = tmp_path / "fs.png"
+    args = ["zeroshot", "--checkpoint", str(clip_run), "--data", "captions", "--few-shot", "1,2", "--repeats", "2"]
+    assert main([*args, "--plot", str(plot)]) == 0
+    text = capsys.readouterr().out
+    assert "linear probe on frozen image features" in text and "2 shot(s) per class" in text
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([*args, "--json"]) == 0
+    fs = json.loads(capsys.readouterr().out)["data"]["few_shot"]
+    assert fs["shots"] == [1, 2] and all(0 <= a <= 1 for a in fs["accuracy"]) and fs["repeats"] == 2
+    for extra, message in [
+        (["--plot", str(tmp_path / "x.png")], "--few-shot and --plot score a labelled data set"),
+        (["--data", "captions", "--plot", str(tmp_path / "x.png")], "--plot draws the --few-shot curve"),
+        (["--data", "captions", "--few-shot", "2", "--plot", str(tmp_path / "x.jpg")], "name it *.png"),
+        (["--data", "captions", "--few-shot", "0"], "shot counts must be >= 1"),
+    ]:
+        r = run_cli("zeroshot", "--checkpoint", str(clip_run), *extra)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)

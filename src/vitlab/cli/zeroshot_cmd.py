@@ -26,6 +26,13 @@ def add_parser(sub, argv: list[str]) -> None:
     )  # fmt: skip
     p.add_argument("--data", default=None, help="score zero-shot accuracy on this labelled data set's test split")
     p.add_argument("--test-fraction", type=float, default=0.2, help="test share of a data set without a split")
+    p.add_argument(
+        "--few-shot", default=None, metavar="K,K,...",
+        help="with --data: also fit logistic-regression probes on K labelled images per class of frozen image "
+        "features (e.g. 1,2,4,8,16) and compare them with zero-shot, as CLIP's Fig. 6",
+    )  # fmt: skip
+    p.add_argument("--repeats", type=int, default=3, help="--few-shot: draws of the K shots per K (mean and std)")
+    p.add_argument("--plot", default=None, help="--few-shot: write the accuracy-vs-shots plot to this PNG")
     p.add_argument("--tokenizer", default=None, help="BPE vocabulary (default: the run's, else CLIP's installed one)")
     p.add_argument("--topk", type=int, default=3, help="labels printed per image, best first")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
@@ -100,9 +107,15 @@ def run(args: argparse.Namespace) -> int:
     from vitlab.engine.trainer import resolve_device
     from vitlab.errors import ConfigError
 
-    for flag, v in (("--topk", args.topk), ("--batch-size", args.batch_size)):
+    for flag, v in (("--topk", args.topk), ("--batch-size", args.batch_size), ("--repeats", args.repeats)):
         if v < 1:
             raise ConfigError(f"{flag} must be >= 1, got {v}")
+    if (args.few_shot or args.plot) and args.data is None:
+        raise ConfigError("--few-shot and --plot score a labelled data set: give --data SPEC")
+    if args.plot and not args.few_shot:
+        raise ConfigError("--plot draws the --few-shot curve: give --few-shot K,K,...")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise ConfigError(f"--plot writes a PNG; name it *.png, got {args.plot!r}")
     labels, templates = read_labels(args), read_templates(args.templates)
     if args.data is None and not args.images:
         raise ConfigError("give image files to classify, or --data SPEC to score zero-shot accuracy on a data set")
@@ -136,6 +149,13 @@ def run(args: argparse.Namespace) -> int:
         )
         if "seen" in d:
             print(f"  seen combinations {d['seen']:.4f}  held-out combinations {d['held_out']:.4f}")
+        if "few_shot" in d:
+            fs = d["few_shot"]
+            print(f"  linear probe on frozen image features (mean +- std of {fs['repeats']} draws, C cross-validated):")
+            for k, m, sd, c in zip(fs["shots"], fs["accuracy"], fs["std"], fs["C"], strict=True):
+                print(f"    {k:3d} shot(s) per class: {m:.4f} +- {sd:.4f}  (C {c:g})")
+        if args.plot:
+            print(f"  plot: {args.plot}")
     for r in out.get("images", []):
         best = "  ".join(f"{printable(p['label'])} {p['prob']:.3f}" for p in r["top"])
         print(f"{printable(r['image'])}: {best}")
@@ -172,13 +192,19 @@ def classify_images(args, model, tokenizer, tf, labels, templates, device) -> li
 
 
 def score_data(args, model, tokenizer, tf, labels, templates, device, tcfg) -> dict:
-    """Zero-shot accuracy on --data's test split (a caption set's classes, or a labelled image set's)."""
+    """Zero-shot accuracy on --data's test split (a caption set's classes, or a labelled image set's), and with
+    --few-shot the linear probes on K labelled images per class (the generated set: a fresh balanced pool)."""
+    from pathlib import Path
+
     import torch
 
     from vitlab.engine.evaluators.clip import zero_shot_weights
+    from vitlab.engine.evaluators.fewshot import few_shot_probe, parse_shots, plot_few_shot
     from vitlab.errors import ConfigError
 
+    shots = parse_shots(args.few_shot) if args.few_shot else None
     if args.data == "captions" or args.data.startswith("captions:"):
+        from vitlab.data.captions import generated_captions
         from vitlab.engine.tasks import get_task
 
         task = get_task("clip")
@@ -188,6 +214,9 @@ def score_data(args, model, tokenizer, tf, labels, templates, device, tcfg) -> d
         classes, held = list(test.classes), list(test.held_out)
         samples = [(img, label) for img, _, label in (test[i] for i in range(len(test)))]
         default_templates = list(test.templates)
+        if shots:  # labelled shots of every combination, held-out ones included, drawn apart from train and test
+            pool = generated_captions(len(classes) * max(shots) * 4, seed=2, train=False)
+            pool_samples = [(img, label) for img, _, label in (pool[i] for i in range(len(pool)))]
     else:
         from vitlab.data import load_data
 
@@ -195,6 +224,8 @@ def score_data(args, model, tokenizer, tf, labels, templates, device, tcfg) -> d
         classes, held = list(splits.classes), []
         samples = [splits.test[i] for i in range(len(splits.test))]
         default_templates = ["{}"]
+        if shots:
+            pool_samples = [splits.train[i] for i in range(len(splits.train))]
     if labels is not None:
         if len(labels) != len(classes):
             raise ConfigError(f"--data {args.data} has {len(classes)} classes but {len(labels)} labels were given")
@@ -211,4 +242,15 @@ def score_data(args, model, tokenizer, tf, labels, templates, device, tcfg) -> d
     if held:
         is_held = torch.tensor([classes[i] in held for i in y.tolist()])
         out.update(seen=right[~is_held].mean().item(), held_out=right[is_held].mean().item(), held_out_classes=held)
+    if shots:
+        pz = _encode_images(model, [tf(img) for img, _ in pool_samples], device, args.batch_size)
+        py = torch.tensor([label for _, label in pool_samples])
+        try:
+            fs = few_shot_probe(pz.cpu(), py, z.cpu(), y, shots, repeats=args.repeats)
+        except ValueError as e:
+            raise ConfigError(f"--few-shot on --data {args.data}: {e}") from None
+        out["few_shot"] = fs.as_dict()
+        if args.plot:
+            title = f"{Path(args.checkpoint).name} on {args.data}: zero-shot vs linear probe"
+            plot_few_shot(fs, out["accuracy"], out["chance"], title, Path(args.plot))
     return out
