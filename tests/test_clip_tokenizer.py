@@ -110,3 +110,69 @@ def test_missing_vocab_names_the_path(tmp_path):
     (tmp_path / "vocab.json").write_text("{}")
     with pytest.raises(DataError, match="merges.txt"):
         ClipTokenizer.from_pretrained(tmp_path)
+
+
+# ----- a vocabulary fitted here (`vitlab tokenizer train`) ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory):
+    from vitlab.data.captions import generated_captions
+    from vitlab.data.tokenizer import save_hf_layout, train_clip_bpe
+
+    corpus = generated_captions(400, seed=0, train=True).captions + [t for t in TEXTS if t] * 3
+    vocab, merges = train_clip_bpe(corpus, vocab_size=900, min_frequency=2)
+    d = tmp_path_factory.mktemp("bpe")
+    save_hf_layout(vocab, merges, d)
+    return d
+
+
+def test_a_fitted_vocabulary_is_laid_out_as_clips(trained_dir):
+    tok = ClipTokenizer.from_pretrained(trained_dir)
+    assert 514 < tok.vocab_size <= 900
+    assert tok.eot_id == tok.vocab_size - 1 and tok.sot_id == tok.vocab_size - 2  # end-of-text is the largest id
+    ids = tok.encode("a small red circle on the left")
+    assert len(ids) == 9  # every word of the corpus became one token
+    assert tok.decode(ids) == "a small red circle on the left"
+    assert tok.decode(tok.encode("zyxw qqq")) == "zyxw qqq"  # unseen words still encode, byte by byte
+
+
+@pytest.mark.parametrize("text", TEXTS, ids=range(len(TEXTS)))
+def test_a_fitted_vocabulary_gives_hf_clip_tokenizers_ids(trained_dir, text):
+    from transformers import CLIPTokenizer
+
+    hf = _hf_tokenizer(CLIPTokenizer, trained_dir)
+    assert (
+        ClipTokenizer.from_pretrained(trained_dir).encode(text) == hf(text, truncation=True, max_length=77)["input_ids"]
+    )
+
+
+def test_tokenizer_train_cli_then_clip_training_with_it(tmp_path, capsys):
+    from tests.test_cli import run_cli
+    from vitlab.cli.main import main
+
+    (tmp_path / "caps.txt").write_text("a red circle\nA BLUE square\n\n" * 20)
+    out = tmp_path / "bpe"
+    args = ["tokenizer", "train", "--captions", "captions", "--captions", str(tmp_path / "caps.txt")]
+    assert main([*args, "--vocab-size", "700", "--out", str(out)]) == 0
+    assert "from 4040 captions" in capsys.readouterr().out
+    before = (out / "vocab.json").read_bytes()
+    for extra, message in [
+        (["--out", str(out)], "already holds a vocabulary; pass --overwrite"),
+        (["--out", str(tmp_path / "x"), "--vocab-size", "514"], "--vocab-size must exceed 514"),
+        (["--out", str(tmp_path / "caps.txt")], "is a file, not a directory"),
+    ]:
+        r = run_cli(*args, *extra)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
+    r = run_cli("tokenizer", "train", "--captions", str(tmp_path / "none.txt"), "--out", str(tmp_path / "y"))
+    assert r.returncode == 2 and "none.txt does not exist" in r.stderr
+    assert (out / "vocab.json").read_bytes() == before  # the refused runs left the vocabulary alone
+    assert main(["tokenizer", "encode", "--tokenizer", str(out), "--json", "a purple cross"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["tokens"][1:-1] == ["a</w>", "purple</w>", "cross</w>"]
+    run = tmp_path / "run"
+    train = ["train", "--task", "clip", "--tokenizer", str(out), "--captions-train", "64", "--captions-val", "20"]
+    assert main([*train, "--epochs", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["zeroshot", "--checkpoint", str(run), "--data", "captions", "--json"]) == 0  # the run's tokenizer
+    assert json.loads(capsys.readouterr().out)["data"]["count"] == 20

@@ -15,6 +15,7 @@ SUBCOMMANDS = (
     "predict",
     "detect",
     "zeroshot",
+    "tokenizer",
     "export",
     "explain",
     "denoise",

@@ -36,6 +36,7 @@ __all__ = [
     "COLOURS",
     "HELD_OUT",
     "CaptionSet",
+    "caption_rows",
     "generated_captions",
     "read_caption_file",
 ]
@@ -144,6 +145,18 @@ def _rows(path: Path) -> list[tuple[int, str, str]]:
     except csv.Error as e:
         raise DataError(f"{path}: not a readable CSV file ({e})") from None
     return rows
+
+
+def caption_rows(path: str | Path) -> list[str]:
+    """The captions of a CSV or JSONL caption file (images not checked): a corpus to fit a tokenizer on."""
+    path = Path(path).expanduser()
+    out = []
+    for n, _, caption in _rows(path):
+        if not isinstance(caption, str):
+            raise DataError(f"{path}:{n}: the caption is not text")
+        if caption.strip():
+            out.append(caption.strip())
+    return out
 
 
 def read_caption_file(path: str | Path) -> CaptionSet:

@@ -14,6 +14,11 @@ Two vocabulary layouts are read:
   (`pip download --no-deps`) into `<venv>/share/vitlab/`; `find_clip_vocab` looks there.
 - HF's `vocab.json` + `merges.txt` from a `save_pretrained` directory.
 
+`train_clip_bpe` fits a new vocabulary of the same kind on a caption corpus (`vitlab tokenizer train`): the same
+normaliser and pre-tokeniser, merges learnt by the `tokenizers` BPE trainer, and the vocabulary laid out as CLIP's
+(bytes, bytes + `</w>`, one token per merge, the two special tokens last, so end-of-text is the largest id, which
+CLIP's text pooling needs); `save_hf_layout` writes it as vocab.json + merges.txt.
+
 Nothing here downloads.
 """
 
@@ -30,7 +35,7 @@ from tokenizers.models import BPE
 
 from vitlab.errors import DataError
 
-__all__ = ["ClipTokenizer", "find_clip_vocab", "CLIP_VOCAB_FILE"]
+__all__ = ["ClipTokenizer", "find_clip_vocab", "save_hf_layout", "train_clip_bpe", "CLIP_VOCAB_FILE"]
 
 CLIP_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
@@ -77,9 +82,13 @@ def _read_clip_bpe(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
     with gzip.open(path, "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : _NUM_MERGES + 1]]  # line 0 is a version header
+    return _clip_layout(merges), merges
+
+
+def _clip_layout(merges: list[tuple[str, str]]) -> dict[str, int]:
     symbols = byte_symbols()
     tokens = symbols + [s + _EOW for s in symbols] + ["".join(m) for m in merges] + [SOT, EOT]
-    return {t: i for i, t in enumerate(tokens)}, merges
+    return {t: i for i, t in enumerate(tokens)}
 
 
 def _read_hf_dir(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -87,6 +96,59 @@ def _read_hf_dir(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
     lines = (path / "merges.txt").read_text(encoding="utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
     return vocab, merges
+
+
+def _normalizer():
+    return normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(), normalizers.Lowercase()]
+    )
+
+
+def _pre_tokenizer():
+    return pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_SPLIT), behavior="removed", invert=True),  # keep matches, drop spaces
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+
+
+def train_clip_bpe(
+    texts, vocab_size: int, min_frequency: int = 2, show_progress: bool = False
+) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """(vocab, merges) of a CLIP-style BPE fitted on `texts` (an iterable of strings), at most `vocab_size` tokens
+    (512 byte symbols + merges + 2 special tokens; fewer when the corpus runs out of pairs seen min_frequency times)."""
+    from tokenizers.trainers import BpeTrainer
+
+    base = 2 * 256 + 2
+    if vocab_size <= base:
+        raise ValueError(f"vocab_size must exceed {base} (the byte symbols, with and without </w>, and 2 specials)")
+    tok = Tokenizer(BPE(end_of_word_suffix=_EOW))
+    tok.normalizer, tok.pre_tokenizer = _normalizer(), _pre_tokenizer()
+    symbols = byte_symbols()
+    trainer = BpeTrainer(
+        vocab_size=vocab_size - 2, min_frequency=min_frequency, initial_alphabet=symbols, end_of_word_suffix=_EOW,
+        show_progress=show_progress, limit_alphabet=256,
+    )  # fmt: skip
+    tok.train_from_iterator(texts, trainer)
+    learnt = json.loads(tok.to_str())["model"]["merges"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learnt]
+    layout = set(symbols) | {s + _EOW for s in symbols}
+    # CLIP's layout holds each byte symbol with and without </w>; the trainer may merge to a token already there
+    # ("a" + "</w>" -> "a</w>"): such merges add no token, and are kept so the same words split the same way.
+    merges = [m for m in merges if "".join(m) not in layout][: vocab_size - base]
+    return _clip_layout(merges), merges
+
+
+def save_hf_layout(vocab: dict[str, int], merges: list[tuple[str, str]], out: Path) -> None:
+    """vocab.json + merges.txt (HF's `save_pretrained` files), readable by `ClipTokenizer.from_pretrained(out)`."""
+    from vitlab.weights.io import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(vocab, ensure_ascii=False)
+    atomic_write(out / "vocab.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    lines = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    atomic_write(out / "merges.txt", lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
 
 
 class ClipTokenizer:
@@ -100,15 +162,7 @@ class ClipTokenizer:
         self.vocab_size = len(vocab)
         self.sot_id, self.eot_id = vocab[SOT], vocab[EOT]
         tok = Tokenizer(BPE(vocab=vocab, merges=merges, end_of_word_suffix=_EOW, unk_token=EOT, fuse_unk=False))
-        tok.normalizer = normalizers.Sequence(
-            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip(), normalizers.Lowercase()]
-        )
-        tok.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(_SPLIT), behavior="removed", invert=True),  # keep matches, drop spaces
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
+        tok.normalizer, tok.pre_tokenizer = _normalizer(), _pre_tokenizer()
         tok.decoder = decoders.ByteLevel()
         tok.post_processor = processors.TemplateProcessing(
             single=f"{SOT} $A {EOT}", special_tokens=[(SOT, self.sot_id), (EOT, self.eot_id)]
@@ -136,6 +190,10 @@ class ClipTokenizer:
     def encode(self, text: str) -> list[int]:
         """Ids of one text with its start and end tokens, at most `context_length` of them."""
         return self._tok.encode(text).ids
+
+    def id_to_token(self, i: int) -> str:
+        """The vocabulary entry of one id, as stored (byte symbols, `</w>` at word ends)."""
+        return self._tok.id_to_token(i)
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode([i for i in ids if i not in (0, self.sot_id, self.eot_id)]).replace(_EOW, " ").strip()
