@@ -202,11 +202,9 @@ def load_pretrained_into(model: nn.Module, ckpt: Pretrained) -> None:
         for k in reset:
             del state[k]
     if new:
+        head = f"a new head for {num_classes} classes" if num_classes > 0 else "a new head"
         log.warning(
-            "%s has no classifier (%s): a new head for %d classes is initialised (train it before use)",
-            ckpt.source,
-            ", ".join(new),
-            num_classes,
+            "%s has no classifier (%s): %s is initialised (train it before use)", ckpt.source, ", ".join(new), head
         )
     model.load_state_dict(state, strict=False)
 

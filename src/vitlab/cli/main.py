@@ -15,6 +15,7 @@ SUBCOMMANDS = (
     "predict",
     "detect",
     "zeroshot",
+    "segment",
     "tokenizer",
     "export",
     "explain",

@@ -77,6 +77,17 @@ class CaptionBatch(Batch):
 
 
 @dataclass(frozen=True)
+class SegmentationBatch(Batch):
+    """Images with a class index per pixel (semantic segmentation)."""
+
+    images: torch.Tensor  # (B, C, H, W)
+    masks: torch.Tensor  # (B, H, W) int64 class per pixel; -1 where unlabelled (ignored by loss and metrics)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass(frozen=True)
 class MultiViewBatch(Batch):
     """Several augmented views of each image (SimCLR's pairs, DINO's global + local crops)."""
 
@@ -145,6 +156,12 @@ def collate_captions(samples: Sequence[tuple], pad_id: int = 0) -> CaptionBatch:
         attention_mask[b, : len(t)] = 1
     labels = _labels([s[2] for s in samples]) if all(len(s) > 2 for s in samples) else None
     return CaptionBatch(torch.stack(images), input_ids, attention_mask, labels)
+
+
+def collate_segmentation(samples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> SegmentationBatch:
+    """[(image (C, H, W), mask (H, W) int64)] -> SegmentationBatch."""
+    images, masks = zip(*samples, strict=True)
+    return SegmentationBatch(torch.stack(images), torch.stack(masks).long())
 
 
 def collate_views(samples: Sequence[tuple[Sequence[torch.Tensor], int | None]]) -> MultiViewBatch:
