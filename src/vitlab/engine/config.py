@@ -41,7 +41,8 @@ class TrainConfig:
     model: str | None = _f(None, "registered model name (`vitlab models` lists them); default the task's: "
                                  "vit_micro_patch4_8, detection: detr_tiny")  # fmt: skip
     data: str | None = _f(None, "data spec (default: the task's embedded set, digits; detection: shapes): digits | "
-                                "cifar10:DIR | cifar100:DIR | mnist:DIR | an ImageFolder DIR | coco:ROOT")  # fmt: skip
+                                "mnist5k | cifar10:DIR | cifar100:DIR | mnist:DIR | an ImageFolder DIR | "
+                                "coco:ROOT")  # fmt: skip
     out: str = _f("runs/train", "run directory: config, metrics, checkpoints, report")
     epochs: int | None = _run("training epochs")
     batch_size: int | None = _run("images per batch")
