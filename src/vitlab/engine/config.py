@@ -70,6 +70,7 @@ class TrainConfig:
     device: str = _f("auto", "auto | cpu | cuda")
     test_fraction: float = _f(0.2, "held-out share for data sets without their own test split")
     stop_after: int | None = _f(None, "stop after N epochs in this invocation; --resume continues")
+    eval_every: int = _f(1, "evaluate on the test split every N epochs and after the last (k-NN, probes are slow)")
     task_cfg: object = field(default=None, metadata={"cli": False})  # the task's config; None = its defaults
 
     def __post_init__(self) -> None:
@@ -102,7 +103,7 @@ class TrainConfig:
             raise ConfigError(f"--ema-decay must be in (0, 1), got {self.ema_decay}")
         if self.drop_path is not None and not 0 <= self.drop_path < 1:
             raise ConfigError(f"--drop-path must be in [0, 1), got {self.drop_path}")
-        for name in ("img_size", "stop_after"):
+        for name in ("img_size", "stop_after", "eval_every"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{flag(name)} must be >= 1, got {v}")
