@@ -14,11 +14,13 @@ from vitlab.engine.tasks.classification import (
 from vitlab.engine.tasks.clip import ClipTask, ClipTaskConfig
 from vitlab.engine.tasks.detection import DetectionConfig, DetectionTask
 from vitlab.engine.tasks.multilabel import MultiLabelConfig, MultiLabelTask
+from vitlab.engine.tasks.simclr import SimCLRConfig, SimCLRTask, SupConConfig, SupConTask
 from vitlab.errors import ConfigError
 
 TASKS: dict[str, Task] = {
     t.name: t for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask())
 }
+TASKS.update({t.name: t for t in (SimCLRTask(), SupConTask())})
 
 
 def get_task(name: str) -> Task:
@@ -36,6 +38,8 @@ __all__ = [
     "DetectionConfig",
     "DistillationConfig",
     "MultiLabelConfig",
+    "SimCLRConfig",
+    "SupConConfig",
     "Task",
     "TaskConfig",
     "get_task",
