@@ -99,6 +99,18 @@ class MultiViewBatch(Batch):
 
 
 @dataclass(frozen=True)
+class FeatureBatch(Batch):
+    """Labelled images for judging a representation (k-NN, linear probe): a reference set and the queries it judges."""
+
+    images: torch.Tensor  # (B, C, H, W) model inputs, not augmented
+    labels: torch.Tensor  # (B,) int64
+    bank: torch.Tensor  # (B,) bool: True for the reference set (training split) that k-NN votes from and probes fit
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass(frozen=True)
 class ClipBatch(Batch):
     """Video clips with one label each."""
 
@@ -172,6 +184,12 @@ def collate_views(samples: Sequence[tuple[Sequence[torch.Tensor], int | None]]) 
     views = [torch.stack([s[0][v] for s in samples]) for v in range(V)]  # V x (B, C, h, w)
     labels = [label for _, label in samples]
     return MultiViewBatch(views, None if labels[0] is None else _labels(labels))
+
+
+def collate_features(samples: Sequence[tuple[torch.Tensor, int, bool]]) -> FeatureBatch:
+    """[(image (C, H, W), label, in the reference set)] -> FeatureBatch."""
+    images, labels, bank = zip(*samples, strict=True)
+    return FeatureBatch(torch.stack(images), _labels(labels), torch.as_tensor(bank, dtype=torch.bool))
 
 
 def collate_clips(samples: Sequence[tuple[torch.Tensor, int]]) -> ClipBatch:

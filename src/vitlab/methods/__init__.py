@@ -4,6 +4,17 @@ from vitlab.methods.base import Method, StepOutput, weighted_loss
 from vitlab.methods.detr import SetPrediction
 from vitlab.methods.distill import Distillation
 from vitlab.methods.multilabel import MultiLabel
+from vitlab.methods.simclr import SimCLR, SupervisedContrastive
 from vitlab.methods.supervised import Supervised
 
-__all__ = ["Distillation", "Method", "MultiLabel", "SetPrediction", "StepOutput", "Supervised", "weighted_loss"]
+__all__ = [
+    "Distillation",
+    "Method",
+    "MultiLabel",
+    "SetPrediction",
+    "SimCLR",
+    "StepOutput",
+    "Supervised",
+    "SupervisedContrastive",
+    "weighted_loss",
+]

@@ -15,12 +15,14 @@ from vitlab.engine.tasks.clip import ClipTask, ClipTaskConfig
 from vitlab.engine.tasks.detection import DetectionConfig, DetectionTask
 from vitlab.engine.tasks.lseg import LSegTask, LSegTaskConfig
 from vitlab.engine.tasks.multilabel import MultiLabelConfig, MultiLabelTask
+from vitlab.engine.tasks.simclr import SimCLRConfig, SimCLRTask, SupConConfig, SupConTask
 from vitlab.errors import ConfigError
 
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask(), LSegTask())
 }
+TASKS.update({t.name: t for t in (SimCLRTask(), SupConTask())})
 
 
 def get_task(name: str) -> Task:
@@ -39,6 +41,8 @@ __all__ = [
     "DistillationConfig",
     "LSegTaskConfig",
     "MultiLabelConfig",
+    "SimCLRConfig",
+    "SupConConfig",
     "Task",
     "TaskConfig",
     "get_task",
