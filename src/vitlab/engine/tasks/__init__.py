@@ -13,11 +13,13 @@ from vitlab.engine.tasks.classification import (
 )
 from vitlab.engine.tasks.clip import ClipTask, ClipTaskConfig
 from vitlab.engine.tasks.detection import DetectionConfig, DetectionTask
+from vitlab.engine.tasks.dino import DinoTask, DinoTaskConfig
 from vitlab.engine.tasks.multilabel import MultiLabelConfig, MultiLabelTask
 from vitlab.errors import ConfigError
 
 TASKS: dict[str, Task] = {
-    t.name: t for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask())
+    t.name: t
+    for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask(), DinoTask())
 }
 
 
@@ -34,6 +36,7 @@ __all__ = [
     "ClassificationConfig",
     "ClipTaskConfig",
     "DetectionConfig",
+    "DinoTaskConfig",
     "DistillationConfig",
     "MultiLabelConfig",
     "Task",
