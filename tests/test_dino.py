@@ -197,6 +197,13 @@ def test_train_task_dino_writes_knn_and_the_collapse_monitor(tmp_path):
     assert (out / "collapse.png").is_file() and "Collapse monitor" in (out / "report.md").read_text()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["weight_decay"] == 0.04 and cfg["task_cfg"]["local_crops"] == 2
+    # the run's teacher drawn by explain dino-attention (any image: the encoder's channels and size are matched)
+    img = (
+        tmp_path / "data" / "train" / "cat" / sorted(p.name for p in (tmp_path / "data" / "train" / "cat").iterdir())[0]
+    )
+    assert main(["explain", "dino-attention", "--checkpoint", str(out), str(img), "--out", str(tmp_path / "att")]) == 0
+    result = json.loads((tmp_path / "att" / "dino_attention.json").read_text())
+    assert result["model"] == "vit_micro_patch4_16" and result["grid"] == [4, 4] and len(result["heads"]) == 4
 
 
 def test_dino_task_bad_flags_are_one_line(tmp_path, capsys):

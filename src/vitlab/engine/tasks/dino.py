@@ -166,3 +166,28 @@ class DinoTask(Task):
 
     def summary_lines(self, result: DinoResult, evaluator, splits: DataSplits) -> list[str]:
         return [f"k-NN top-1 (teacher, k=20) {result.knn_top1:.4f} on {result.count} test images"]
+
+
+def load_dino_encoder(path: str, which: str = "teacher") -> nn.Module:
+    """The encoder of a DINO run or checkpoint (the teacher's, as the paper evaluates and draws it; or "student").
+
+    CheckpointError for a file that is not a DINO checkpoint.
+    """
+    import json
+
+    from vitlab.errors import CheckpointError
+    from vitlab.factory import create_model
+    from vitlab.weights import read_pretrained
+
+    ckpt = read_pretrained(path)
+    if ckpt.fmt != "vitlab" or ckpt.model != DinoModel.model_name:
+        raise CheckpointError(f"{path} is not a DINO run or checkpoint (it holds {ckpt.model or ckpt.fmt})")
+    cfg = ckpt.arch
+    enc_cfg = dict(cfg.get("encoder_config") or {})
+    if isinstance(enc_cfg, str):
+        enc_cfg = json.loads(enc_cfg)
+    prefix = f"{which}_net.backbone."
+    state = {k[len(prefix) :]: v for k, v in ckpt.state.items() if k.startswith(prefix)}
+    model = create_model(cfg["encoder"], **enc_cfg)
+    model.load_state_dict(state)
+    return model
