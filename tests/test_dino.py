@@ -16,8 +16,10 @@ from tests.conftest import make_image_folder
 from vitlab.cli.main import main
 from vitlab.data.multicrop import MultiCrop, MultiCropDataset, collate_multicrop
 from vitlab.engine.evaluators.dino import knn_predict
+from vitlab.engine.tasks.dino import load_dino_encoder
 from vitlab.losses.dino import cosine_momentum, dino_loss, ema_update_, teacher_temperature, update_center
 from vitlab.methods.dino import Dino, DinoHead, DinoModel
+from vitlab.weights.io import read_tensors
 
 
 # ----- pure functions by hand ---------------------------------------------------------------------------------------
@@ -182,7 +184,7 @@ def test_center_under_ddp_equals_one_process_with_the_whole_batch():
 
 
 # ----- through the CLI ----------------------------------------------------------------------------------------------
-def test_train_task_dino_writes_knn_and_the_collapse_monitor(tmp_path):
+def test_train_task_dino_writes_knn_and_the_collapse_monitor(tmp_path, capsys):
     data = tmp_path / "data"
     make_image_folder(data / "train", per_class=8, size=16)
     make_image_folder(data / "val", per_class=3, size=16)
@@ -204,6 +206,16 @@ def test_train_task_dino_writes_knn_and_the_collapse_monitor(tmp_path):
     assert main(["explain", "dino-attention", "--checkpoint", str(out), str(img), "--out", str(tmp_path / "att")]) == 0
     result = json.loads((tmp_path / "att" / "dino_attention.json").read_text())
     assert result["model"] == "vit_micro_patch4_16" and result["grid"] == [4, 4] and len(result["heads"]) == 4
+    # the run reads as its teacher encoder: load_checkpoint, fine-tuning (--pretrained) and vitlab eval's k-NN
+    teacher = vitlab.load_checkpoint(out)
+    student = load_dino_encoder(str(out), "student")
+    assert teacher.model_name == student.model_name == "vit_micro_patch4_16" and teacher.num_classes == 0
+    saved = read_tensors(out / "checkpoint.safetensors")[0]
+    assert torch.equal(teacher.patch_embed.proj.weight, saved["teacher_net.backbone.patch_embed.proj.weight"])
+    assert not torch.equal(teacher.patch_embed.proj.weight, student.patch_embed.proj.weight)  # EMA lags the student
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--data", str(data)]) == 0
+    assert f"k-NN top-1 (teacher, k=20) {rows[-1]['val_knn_acc']:.4f}" in capsys.readouterr().out
 
 
 def test_dino_task_bad_flags_are_one_line(tmp_path, capsys):

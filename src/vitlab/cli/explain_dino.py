@@ -26,12 +26,13 @@ def add_parser(kinds) -> None:
 
 
 def load_encoder(args):
-    from vitlab.cli.common import checkpoint_task, load_model
+    """A DINO run reads as its teacher (`vitlab.weights.dino`); --student asks for the other network."""
+    from vitlab.cli.common import load_model
 
-    if checkpoint_task(args.checkpoint) == "dino":
+    if args.student:
         from vitlab.engine.tasks.dino import load_dino_encoder
 
-        return load_dino_encoder(args.checkpoint, "student" if args.student else "teacher")
+        return load_dino_encoder(args.checkpoint, "student")
     return load_model(args.checkpoint, args.model)
 
 

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from vitlab.data.multicrop import MultiCropBatch, MultiCropDataset, collate_multicrop
 from vitlab.data.transforms import ImageTransform
 from vitlab.engine.evaluators.base import Evaluator
+from vitlab.methods.dino import DinoModel
 
 
 def knn_predict(
@@ -72,7 +73,7 @@ class DinoEvaluator(Evaluator):
         self.correct, self.n = 0, 0
 
     def update(self, model: nn.Module, batch: MultiCropBatch) -> None:
-        encoder = model.encoder  # the teacher's
+        encoder = model.encoder if isinstance(model, DinoModel) else model  # a DINO run: the teacher's
         if self.bank is None:
             data = MultiCropDataset(self.train_set, ImageTransform.for_model(encoder))
             self.bank = encode(encoder, DataLoader(data, 256, collate_fn=collate_multicrop))

@@ -109,8 +109,9 @@ class DinoTask(Task):
         return DinoModel(_any_size(model), tcfg.out_dim, tcfg.hidden_dim, tcfg.bottleneck_dim)
 
     def check_model(self, model: nn.Module, splits: DataSplits, where: str) -> None:
-        if not isinstance(model, DinoModel):
-            raise ConfigError(f"{where}: --task dino evaluates a DINO run (student, teacher and heads)")
+        """Any encoder can be judged by k-NN on its features (a DINO run reads as its teacher)."""
+        if not hasattr(model, "forward_head"):
+            raise ConfigError(f"{where}: {type(model).__name__} has no pooled features (forward_head) for k-NN")
 
     def local_size(self, encoder: nn.Module, tcfg: DinoTaskConfig) -> int:
         if tcfg.local_size is not None:
@@ -119,8 +120,8 @@ class DinoTask(Task):
         p = p if isinstance(p, int) else 1
         return max(p, round(encoder.cfg.img_size * 96 / 224 / p) * p)
 
-    def datasets(self, splits: DataSplits, model: DinoModel, augment: bool, tcfg: DinoTaskConfig):
-        enc = model.encoder
+    def datasets(self, splits: DataSplits, model: nn.Module, augment: bool, tcfg: DinoTaskConfig):
+        enc = model.encoder if isinstance(model, DinoModel) else model
         cfg = enc.cfg
         crops = MultiCrop(
             cfg.img_size, self.local_size(enc, tcfg), tcfg.local_crops, cfg.in_chans, tuple(cfg.mean), tuple(cfg.std),
@@ -169,25 +170,26 @@ class DinoTask(Task):
 
 
 def load_dino_encoder(path: str, which: str = "teacher") -> nn.Module:
-    """The encoder of a DINO run or checkpoint (the teacher's, as the paper evaluates and draws it; or "student").
+    """The teacher's (or the student's) encoder of a DINO run or checkpoint; CheckpointError for anything else.
 
-    CheckpointError for a file that is not a DINO checkpoint.
+    (`load_checkpoint` / `create_model(pretrained=...)` read a DINO run as its teacher already.)
     """
     import json
+    from pathlib import Path
 
     from vitlab.errors import CheckpointError
     from vitlab.factory import create_model
-    from vitlab.weights import read_pretrained
+    from vitlab.weights import CHECKPOINT_FILE
+    from vitlab.weights.dino import DINO_MODEL_NAME, dino_encoder
+    from vitlab.weights.io import read_tensors
 
-    ckpt = read_pretrained(path)
-    if ckpt.fmt != "vitlab" or ckpt.model != DinoModel.model_name:
-        raise CheckpointError(f"{path} is not a DINO run or checkpoint (it holds {ckpt.model or ckpt.fmt})")
-    cfg = ckpt.arch
-    enc_cfg = dict(cfg.get("encoder_config") or {})
-    if isinstance(enc_cfg, str):
-        enc_cfg = json.loads(enc_cfg)
-    prefix = f"{which}_net.backbone."
-    state = {k[len(prefix) :]: v for k, v in ckpt.state.items() if k.startswith(prefix)}
-    model = create_model(cfg["encoder"], **enc_cfg)
-    model.load_state_dict(state)
+    file = Path(path) / CHECKPOINT_FILE if Path(path).is_dir() else Path(path)
+    if not file.is_file():
+        raise CheckpointError(f"{path}: no DINO checkpoint ({file} is missing)")
+    state, meta = read_tensors(file)
+    if meta.get("model") != DINO_MODEL_NAME:
+        raise CheckpointError(f"{path} is not a DINO run or checkpoint (it holds {meta.get('model') or 'weights'})")
+    weights, config, name = dino_encoder(state, json.loads(meta.get("config", "{}")), str(file), which)
+    model = create_model(name, **config)
+    model.load_state_dict(weights)
     return model
