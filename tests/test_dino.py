@@ -221,3 +221,21 @@ def test_train_task_dino_writes_knn_and_the_collapse_monitor(tmp_path, capsys):
 def test_dino_task_bad_flags_are_one_line(tmp_path, capsys):
     assert main(["train", "--task", "dino", "--out", str(tmp_path / "r"), "--teacher-temp", "0"]) == 2
     assert "--teacher-temp must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # three short runs
+def test_resumed_dino_run_equals_an_uninterrupted_one(tmp_path):
+    """The teacher, the center and the schedules (derived from the epoch) continue exactly across --resume."""
+    data = tmp_path / "data"
+    make_image_folder(data / "train", per_class=4, size=16)
+    make_image_folder(data / "val", per_class=2, size=16)
+    base = ["train", "--task", "dino", "--data", str(data), "--epochs", "2", "--batch-size", "4", "--out-dim", "32",
+            "--hidden-dim", "16", "--local-crops", "1"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--stop-after", "1"]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--resume"]) == 0
+    a = read_tensors(tmp_path / "a" / "checkpoint.safetensors")[0]
+    b = read_tensors(tmp_path / "b" / "checkpoint.safetensors")[0]
+    assert a.keys() == b.keys() and "center" in a
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
