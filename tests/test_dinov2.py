@@ -114,3 +114,21 @@ def test_dino_v1_tagged_names():
     assert {"vit_small_patch16_224.dino", "vit_base_patch16_224.dino"} <= set(vitlab.list_models("*.dino"))
     m = vitlab.create_model("vit_small_patch16_224.dino", depth=1).eval()
     assert m.num_classes == 0 and m(torch.randn(1, 3, 96, 64)).shape == (1, 384)  # any multiple of the patch
+
+
+def test_dino_v1_transformers_vitmodel_matches_at_two_resolutions(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.ViTConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=192,
+                                 image_size=32, patch_size=8, layer_norm_eps=1e-6)  # fmt: skip
+    ref = transformers.ViTModel(cfg, add_pooling_layer=False).eval()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ref.save_pretrained(tmp_path)
+    ours = vitlab.create_model("vit_small_patch16_224.dino", pretrained=tmp_path).eval()  # the directory's sizes
+    assert ours.cfg.dynamic_img_size and ours.num_classes == 0
+    for hw in ((32, 32), (48, 40)):
+        x = torch.randn(2, 3, *hw)
+        with torch.no_grad():
+            expected = ref(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
+        assert (ours.forward_features(x) - expected).abs().max().item() < 1e-4, hw
