@@ -14,6 +14,8 @@ attention-distance
                   right)
 gradcam           Grad-CAM (Selvaraju et al. 2017) of a class on the last feature map of a CNN or the token grid of
                   a ViT, so that the two can be compared on one image
+dino-attention    the last layer's per-head [CLS] attention and the masks keeping 60% of its mass (DINO Fig. 3;
+                  `vitlab.cli.explain_dino`)
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ def add_parser(sub, argv: list[str]) -> None:
     _image_args(gc, "gradcam.png and gradcam.json")
     gc.add_argument("--target", default=None, help="class index or label (default: the top prediction)")
     gc.set_defaults(run=run_gradcam)
+
+    from vitlab.cli import explain_dino
+
+    explain_dino.add_parser(kinds)  # dino-attention
 
 
 def _model_args(p, img_size: bool = True) -> None:

@@ -224,6 +224,7 @@ def build_model(cfg: TrainConfig, task: Task, splits: DataSplits, device: torch.
     model = create_model(cfg.model, pretrained=cfg.pretrained, img_size=cfg.img_size, **overrides)
     task.prepare_model(model, cfg.task_cfg)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
+    model = task.wrap_model(model, cfg.task_cfg)
     model.to(device)
     if cfg.fsdp:  # before the optimizer, which must see the sharded parameters
         units = shard_model(model, device)
@@ -418,6 +419,7 @@ def train_one_epoch(run: Run, epoch: int, rng: np.random.Generator) -> dict:
                disable=True if not ctx.is_main else None)  # fmt: skip
     run.optimizer.zero_grad(set_to_none=True)
     n_batches = len(run.train_loader)
+    method.start_epoch(epoch, cfg.epochs, math.ceil(n_batches / cfg.accum_steps))
     for i, batch in enumerate(bar):
         batch = method.augment(batch.to(device), rng)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -453,9 +455,11 @@ def train_one_epoch(run: Run, epoch: int, rng: np.random.Generator) -> dict:
 def optimizer_step(run: Run) -> None:
     if run.cfg.clip_grad:
         nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad)
+    run.method.before_optimizer_step(run.model)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
+    run.method.after_optimizer_step(run.model)
     if run.ema is not None:
         run.ema.update(run.model)
 
@@ -492,6 +496,7 @@ def finish(run: Run, result: EvalResult, t_start: float) -> TrainResult:
             {k: evaluator.label(k) for k in getattr(evaluator, "curve_metrics", ())},
         ),  # fmt: skip
         *run.task.report_sections(result, run.splits),
+        *run.task.history_sections(metrics),
     ]
     title = f"Run report: {cfg.model} on {cfg.data} ({run.task.name})"
     write_report(out, title, summary, sections, json.loads(_config_json(cfg)))

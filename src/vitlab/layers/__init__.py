@@ -2,7 +2,7 @@
 
 from vitlab.layers.attention import Attention, attend
 from vitlab.layers.drop_path import DropPath
-from vitlab.layers.mlp import Mlp
+from vitlab.layers.mlp import Mlp, SwiGLU, swiglu_hidden
 from vitlab.layers.nonlocal_block import NonLocalBlock
 from vitlab.layers.patch_embed import PatchEmbed
 from vitlab.layers.pos_embed import resample_pos_embed, sincos_pos_embed_2d
@@ -16,4 +16,6 @@ __all__ = [
     "PatchEmbed",
     "resample_pos_embed",
     "sincos_pos_embed_2d",
+    "SwiGLU",
+    "swiglu_hidden",
 ]

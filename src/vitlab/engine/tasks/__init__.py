@@ -13,16 +13,15 @@ from vitlab.engine.tasks.classification import (
 )
 from vitlab.engine.tasks.clip import ClipTask, ClipTaskConfig
 from vitlab.engine.tasks.detection import DetectionConfig, DetectionTask
+from vitlab.engine.tasks.dino import DinoTask, DinoTaskConfig
 from vitlab.engine.tasks.lseg import LSegTask, LSegTaskConfig
 from vitlab.engine.tasks.multilabel import MultiLabelConfig, MultiLabelTask
 from vitlab.engine.tasks.simclr import SimCLRConfig, SimCLRTask, SupConConfig, SupConTask
 from vitlab.errors import ConfigError
 
-TASKS: dict[str, Task] = {
-    t.name: t
-    for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask(), LSegTask())
-}
-TASKS.update({t.name: t for t in (SimCLRTask(), SupConTask())})
+_ALL = (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask(), LSegTask(),
+        SimCLRTask(), SupConTask(), DinoTask())  # fmt: skip
+TASKS: dict[str, Task] = {t.name: t for t in _ALL}
 
 
 def get_task(name: str) -> Task:
@@ -38,6 +37,7 @@ __all__ = [
     "ClassificationConfig",
     "ClipTaskConfig",
     "DetectionConfig",
+    "DinoTaskConfig",
     "DistillationConfig",
     "LSegTaskConfig",
     "MultiLabelConfig",
