@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from vitlab.weights import clip, convnext, cvt, resnet, swin, vit
+from vitlab.weights import clip, convnext, cvt, mae, resnet, swin, vit
 from vitlab.weights.hf import HfConverter
 
 HF_CONVERTERS: dict[str, HfConverter] = {
+    "vit_mae": mae.HF,  # ViTMAEForPreTraining; before "vit", whose marker key its encoder also has
     "vit": vit.HF,
     "deit": vit.HF,  # the same weights layout; `vit_model_for` picks the distilled variants for it
     "swin": swin.HF,
