@@ -10,7 +10,7 @@ that names it.
 - timm: OUT/model.safetensors + OUT/config.json (architecture, model_args, pretrained_cfg), which
   `timm.create_model("local-dir:OUT", pretrained=True)` rebuilds; vitlab's parameter names are timm's.
 - hf: a transformers `save_pretrained` directory (config.json, model.safetensors, preprocessor_config.json) for
-  ViT, DeiT, Swin, ConvNeXt, CvT and ResNet, through the converters in `vitlab.weights`.
+  ViT, DeiT, Swin, ConvNeXt, CvT, ResNet and MAE (ViTMAEForPreTraining), through the converters in `vitlab.weights`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from vitlab.models.convnext import ConvNeXt
 from vitlab.models.cpvt import CPVT
 from vitlab.models.cvt import CvT
 from vitlab.models.hybrid import HybridViT
+from vitlab.models.mae import MaskedAutoencoder
 from vitlab.models.mixer import MlpMixer
 from vitlab.models.resnet import AlexNet, LeNet5, ResNet
 from vitlab.models.swin import SwinTransformer
@@ -56,9 +57,11 @@ _KINDS: dict[type, str] = {
     MlpMixer: "mixer",
     LeNet5: "classic_cnn",
     AlexNet: "classic_cnn",
+    MaskedAutoencoder: "mae",
 }
 _KIND_NAMES = {"cpvt": "CPVT", "cvt": "CvT", "classic_cnn": "LeNet-5/AlexNet", **TIMM_FAMILIES}
-HF_FAMILIES = {"vit": "ViT/DeiT", "swin": "Swin", "convnext": "ConvNeXt", "cvt": "CvT", "resnet": "ResNet"}
+HF_FAMILIES = {"vit": "ViT/DeiT", "swin": "Swin", "convnext": "ConvNeXt", "cvt": "CvT", "resnet": "ResNet",
+               "mae": "ViTMAE"}  # fmt: skip
 _ONNX_LIMIT = 2**31  # protobuf's limit on one file: larger models would need external data files
 _TRACE_TOL = 1e-4
 

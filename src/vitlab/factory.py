@@ -17,8 +17,9 @@ import torch
 from torch import nn
 
 import vitlab.models  # noqa: F401  (importing the families registers their variants)
-from vitlab.errors import CheckpointError, ConfigError
+from vitlab.errors import CheckpointError, ConfigError, UnknownModelError
 from vitlab.models.features import FeatureNet
+from vitlab.models.mae import encoder_checkpoint_fields
 from vitlab.registry import ModelEntry, get_entry
 from vitlab.weights import Pretrained, read_pretrained, write_checkpoint
 
@@ -149,6 +150,7 @@ def _user_overrides(num_classes: int | None, img_size: int | None, overrides: di
 
 
 def _from_pretrained(entry: ModelEntry, ckpt: Pretrained, user: dict) -> nn.Module:
+    ckpt = _encoder_of_pretraining(entry, ckpt)
     if ckpt.family and ckpt.family != entry.family:
         raise CheckpointError(
             f"{ckpt.source}: a transformers {ckpt.family} checkpoint cannot be loaded into {entry.name!r} "
@@ -170,6 +172,35 @@ def _from_pretrained(entry: ModelEntry, ckpt: Pretrained, user: dict) -> nn.Modu
     model = build_model(entry, kwargs)
     load_pretrained_into(model, ckpt)
     return model
+
+
+# Training settings of a pre-training run's encoder that a fine-tuned model does not inherit (MAE pre-trains without
+# stochastic depth; fine-tuning uses the model's own, or --drop-path).
+_NOT_ARCHITECTURE = ("drop_rate", "attn_drop_rate", "drop_path_rate")
+
+
+def _encoder_of_pretraining(entry: ModelEntry, ckpt: Pretrained) -> Pretrained:
+    """A masked-autoencoder checkpoint loaded into a model of its encoder's family: the encoder's weights and
+    config only (`vitlab train --pretrained MAE_RUN --model ENCODER` fine-tunes it as a classifier)."""
+    if ckpt.model is None or entry.kind == "mae":
+        return ckpt
+    try:
+        source = get_entry(ckpt.model)
+    except UnknownModelError:
+        return ckpt
+    if source.kind != "mae":
+        return ckpt
+    name, arch = encoder_checkpoint_fields(ckpt.arch)
+    encoder = get_entry(name)
+    if encoder.family != entry.family:
+        raise CheckpointError(
+            f"{ckpt.source}: the {ckpt.model} checkpoint's encoder is {name} ({encoder.family}); it cannot be loaded "
+            f"into {entry.name!r} ({entry.family}): use --model {name}"
+        )
+    arch = {k: v for k, v in arch.items() if k not in _NOT_ARCHITECTURE}
+    state = {k.removeprefix("encoder."): v for k, v in ckpt.state.items() if k.startswith("encoder.")}
+    log.info("%s: the encoder (%s) of %s loaded", ckpt.source, name, ckpt.model)
+    return dataclasses.replace(ckpt, state=state, arch=arch, family="", model=name, overrides={})
 
 
 def _fit_arch(ckpt: Pretrained, entry: ModelEntry) -> dict:

@@ -28,15 +28,21 @@ def resample_pos_embed(
     return torch.cat([prefix, grid], dim=1)
 
 
-def sincos_pos_embed_2d(grid_size: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+def sincos_pos_embed_2d(
+    grid_size: int, dim: int, temperature: float = 10000.0, style: str = "big_vision"
+) -> torch.Tensor:
     """Fixed 2-D sine-cosine table, (grid*grid, dim) with columns [sin x, cos x, sin y, cos y].
 
-    Frequencies as big_vision's `posemb_sincos_2d` (omega_i = T^(-i / (dim/4 - 1))); MAE's table divides by dim/4.
+    style "big_vision": frequencies as big_vision's `posemb_sincos_2d`, omega_i = T^(-i / (dim/4 - 1)) (the last
+    one exactly 1/T); "mae": MAE's table, omega_i = T^(-i / (dim/4)), which its checkpoints (and HF's ViTMAE) hold.
     """
     if dim % 4 != 0:
         raise ValueError(f"embed_dim={dim} must be divisible by 4 for 2-D sincos position embedding")
+    if style not in ("big_vision", "mae"):
+        raise ValueError(f"style must be 'big_vision' or 'mae', got {style!r}")
     y, x = torch.meshgrid(torch.arange(grid_size), torch.arange(grid_size), indexing="ij")
-    omega = 1.0 / temperature ** (torch.arange(dim // 4) / (dim // 4 - 1 if dim > 4 else 1))
+    steps = dim // 4 if style == "mae" else (dim // 4 - 1 if dim > 4 else 1)
+    omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / steps)
     y = y.flatten()[:, None] * omega[None, :]
     x = x.flatten()[:, None] * omega[None, :]
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1).float()

@@ -31,6 +31,8 @@ class PEG(nn.Module):
 
 
 class CPVT(VisionTransformer):
+    accepts_token_subsets = False  # the PEG convolves the full patch grid
+
     def __init__(self, cfg: ViTConfig) -> None:
         if cfg.pos_embed != "none":
             raise ValueError("CPVT has no absolute position embedding: pos_embed must be 'none'")

@@ -22,3 +22,11 @@ class ClipOutput:
     text_embeds: torch.Tensor  # (B', E) unit-norm text embeddings
     logits_per_image: torch.Tensor  # (B, B') exp(t) * cosine similarity; row i scores image i against every text
     logits_per_text: torch.Tensor  # (B', B) its transpose
+
+
+@dataclass
+class MaeOutput:
+    pred: torch.Tensor  # (B, N, p*p*C) predicted pixels of every patch (the loss reads the masked ones)
+    mask: torch.Tensor  # (B, N) 0 = visible to the encoder, 1 = masked
+    ids_restore: torch.Tensor  # (B, N) the inverse of the shuffle that chose the visible patches
+    latent: torch.Tensor  # (B, prefix + K, D) the encoder's output on the visible patches

@@ -177,6 +177,7 @@ class VisionTransformer(ModelBase):
     first_conv = "patch_embed.proj"
     crop_pct = 0.9
     default_out_indices = 3  # features_only: the last three blocks, as timm
+    accepts_token_subsets = True  # forward_tokens may encode any subset of the patches (no layer needs the grid)
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__(cfg, num_features=cfg.embed_dim)
@@ -248,6 +249,64 @@ class VisionTransformer(ModelBase):
 
     def attention_layers(self) -> list[Attention]:
         return [blk.attn for blk in self.blocks]
+
+    # ----- token-level entry (masked image modelling: MAE encodes a subset of the patches) ------------------------
+    # embed_patches -> (choose tokens) -> forward_tokens equals forward_features when every patch is kept in order.
+    def embed_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with their positions added, without the prefix tokens: (B, C, H, W) -> (B, Hp*Wp, D)."""
+        p = self.patch_size
+        grid = (images.shape[-2] // p, images.shape[-1] // p)
+        x = self.patch_embed(images)  # (B, Hp*Wp, D)
+        if self.pos_embed is None:
+            return x
+        pos = self.pos_embed
+        if self.dynamic_img_size:
+            pos = pos_embed_for_grid(pos, self.patch_embed.grid_size, grid, self.num_prefix_tokens)
+        return x + pos[:, self.num_prefix_tokens :]
+
+    def forward_tokens(self, patches: torch.Tensor, keep_index: torch.Tensor | None = None) -> torch.Tensor:
+        """`embed_patches`' tokens (B, N, D), or only those at `keep_index` (B, K) per sample, behind the prefix
+        tokens (with their positions), through every block and the final norm: (B, prefix + K, D).
+
+        A model whose blocks need the patch grid (CPVT's position generator) has `accepts_token_subsets` False and
+        refuses this entry: use `forward_features`.
+        """
+        if not self.accepts_token_subsets:
+            raise ValueError(f"{type(self).__name__}'s blocks need the whole patch grid: use forward_features(images)")
+        if keep_index is not None:
+            patches = torch.gather(patches, 1, keep_index[:, :, None].expand(-1, -1, patches.shape[-1]))  # (B, K, D)
+        x = torch.cat([self._prefix_tokens(patches), patches], dim=1)  # (B, prefix + K, D)
+        x = self.pos_drop(x)
+        for blk in self.blocks:
+            x = checkpointed(blk, x) if self.grad_checkpointing else blk(x)
+        return self.norm(x)
+
+    def set_fixed_pos_embed(self) -> None:
+        """MAE's encoder table (arXiv 2111.06377, sec. A.1): the learned table filled with the 2-D sincos one (MAE's
+        frequencies, zero rows for the prefix tokens) and frozen. It stays the `pos_embed` weight, so a classifier
+        built from the checkpoint loads it and trains it, as MAE's fine-tuning does."""
+        if not isinstance(self.pos_embed, nn.Parameter):
+            raise ValueError(
+                f"{type(self).__name__} has no learned position table to fix (pos_embed={self.cfg.pos_embed!r})"
+            )
+        D = self.num_features
+        table = sincos_pos_embed_2d(self.patch_embed.grid_size, D, style="mae")
+        with torch.no_grad():
+            self.pos_embed.copy_(torch.cat([torch.zeros(self.num_prefix_tokens, D), table])[None])
+        self.pos_embed.requires_grad_(False)
+
+    def _prefix_tokens(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, prefix, D): the class (and distillation) token with its position row; (B, 0, D) without."""
+        B = patches.shape[0]
+        prefix: list[torch.Tensor] = [patches[:, :0]]
+        if self.cls_token is not None:
+            prefix.append(self.cls_token.expand(B, -1, -1))
+        if self.dist_token is not None:
+            prefix.append(self.dist_token.expand(B, -1, -1))
+        x = torch.cat(prefix, dim=1)  # (B, prefix, D)
+        if self.pos_embed is not None and self.num_prefix_tokens:
+            x = x + self.pos_embed[:, : self.num_prefix_tokens]
+        return x
 
     def _pos_embed(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         B = x.shape[0]

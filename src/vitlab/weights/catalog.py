@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import torch
 
-from vitlab.weights import clip, convnext, cvt, dinov2, resnet, swin, vit
+from vitlab.weights import clip, convnext, cvt, dinov2, mae, resnet, swin, vit
 from vitlab.weights.hf import HfConverter
 
 HF_CONVERTERS: dict[str, HfConverter] = {
     # before "vit": a config-less DINOv2 state dict also has ViT's patch-embedding key (find_by_keys takes the first)
     "dinov2": dinov2.HF,  # transformers' Dinov2Model; by key also facebookresearch/dinov2's register / ViT-g files
     "dinov2_with_registers": dinov2.HF,
+    "vit_mae": mae.HF,  # ViTMAEForPreTraining; before "vit", whose marker key its encoder also has
     "vit": vit.HF,
     "deit": vit.HF,  # the same weights layout; `vit_model_for` picks the distilled variants for it
     "swin": swin.HF,
