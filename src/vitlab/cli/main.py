@@ -15,6 +15,8 @@ SUBCOMMANDS = (
     "predict",
     "detect",
     "zeroshot",
+    "index",
+    "search",
     "tokenizer",
     "export",
     "explain",
