@@ -160,32 +160,55 @@ def test_index_recall_equals_the_evaluators_exact_recall():
     assert index_recall(noisy, texts, range(80), caption_of.tolist())["t2i_r1"] == 0.0
 
 
+def test_image_files_walks_folders_sorted_and_takes_each_file_once(tmp_path):
+    from vitlab.cli.index_cmd import image_files
+
+    (tmp_path / "a" / "deep").mkdir(parents=True)
+    for name in ("a/z.png", "a/deep/b.JPG", "a/notes.txt", "c.png"):
+        (tmp_path / name).write_bytes(b"")
+    got = image_files([str(tmp_path / "a"), str(tmp_path / "c.png"), str(tmp_path / "a" / "z.png")])
+    assert got == [str((tmp_path / n).resolve()) for n in ("a/deep/b.JPG", "a/z.png", "c.png")]
+    with pytest.raises(DataError, match="x.png does not exist"):
+        image_files([str(tmp_path / "x.png")])
+
+
+def test_data_captions_writes_the_generated_split_as_files(tmp_path, capsys):
+    from vitlab.data.captions import read_caption_file
+    from vitlab.data.datasets import read_image
+
+    assert main(["data", "captions", "--out", str(tmp_path / "c"), "--count", "6", "--seed", "3"]) == 0
+    files, ref = read_caption_file(tmp_path / "c" / "captions.jsonl"), generated_captions(6, seed=3, train=False)
+    assert files.captions == ref.captions
+    assert all(torch.equal(read_image(p), img) for p, img in zip(files.paths, ref.images, strict=True))
+    assert main(["data", "captions", "--out", str(tmp_path / "c")]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
 # ----- through the CLI on a trained run ---------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def clip_files(tmp_path_factory) -> Path:
-    """A 1-epoch CLIP run and 40 captioned test images (files + captions.jsonl) of the generated set."""
+    """A 1-epoch CLIP run and 40 captioned images of the generated set (`vitlab data captions`: caps/images/*.png +
+    caps/captions.jsonl)."""
     if find_clip_vocab() is None:
         pytest.skip("CLIP's BPE vocabulary is not installed")
     root = tmp_path_factory.mktemp("retrieval")
     args = ["train", "--task", "clip", "--captions-train", "192", "--captions-val", "40", "--batch-size", "32"]
     assert main([*args, "--epochs", "1", "--out", str(root / "run")]) == 0
-    data = generated_captions(40, seed=7, train=False)
-    (root / "imgs" / "sub").mkdir(parents=True)
-    lines = []
-    for i, (img, caption) in enumerate(zip(data.images, data.captions, strict=True)):
-        name = f"imgs/{'sub/' if i % 2 else ''}{i:02d}.png"  # a nested folder too
-        Image.fromarray(img.numpy().transpose(1, 2, 0)).save(root / name)
-        lines.append(json.dumps({"image": name, "caption": caption}))
-    (root / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["data", "captions", "--out", str(root / "caps"), "--count", "40", "--seed", "7"]) == 0
     return root
 
 
 def test_build_then_search_by_text_and_by_image(clip_files, tmp_path, capsys):
     root, ix = clip_files, tmp_path / "ix"
-    one = str(root / "imgs" / "00.png")
-    assert main(["index", "build", "--checkpoint", str(root / "run"), "--out", str(ix), str(root / "imgs"), one]) == 0
+    one = str(root / "caps" / "images" / "00000.png")
+    assert (
+        main(
+            ["index", "build", "--checkpoint", str(root / "run"), "--out", str(ix), str(root / "caps" / "images"), one]
+        )
+        == 0
+    )
     assert "indexed 40 images (flat, exact; 64-d embeddings of clip_vit_tiny_patch8_32)" in capsys.readouterr().out
     meta = json.loads((ix / META_FILE).read_text())
     assert meta["checkpoint"] == str((root / "run").resolve()) and meta["vitlab_version"] and meta["count"] == 40
@@ -202,7 +225,7 @@ def test_build_then_search_by_text_and_by_image(clip_files, tmp_path, capsys):
     from vitlab.retrieval import encode_images, encode_texts
 
     model = load_checkpoint(root / "run").eval()
-    paths = image_files([str(root / "imgs")])
+    paths = image_files([str(root / "caps" / "images")])
     t = encode_texts(model, ClipTokenizer.from_pretrained(), ["a small red circle on the left"])
     ref = (t @ encode_images(model, paths).t()).topk(5)
     assert [r["path"] for r in out["results"]] == [paths[i] for i in ref.indices[0].tolist()]
@@ -228,12 +251,15 @@ def test_index_eval_equals_the_clip_evaluator_and_ivf_builds(clip_files, tmp_pat
     from vitlab.factory import load_checkpoint
 
     root, ix = clip_files, tmp_path / "ix"
-    assert main(["index", "build", "--checkpoint", str(root / "run"), "--out", str(ix), str(root / "imgs")]) == 0
+    assert (
+        main(["index", "build", "--checkpoint", str(root / "run"), "--out", str(ix), str(root / "caps" / "images")])
+        == 0
+    )
     capsys.readouterr()
-    assert main(["index", "eval", str(ix), "--captions", str(root / "captions.jsonl"), "--json"]) == 0
+    assert main(["index", "eval", str(ix), "--captions", str(root / "caps" / "captions.jsonl"), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     model, tok = load_checkpoint(root / "run").eval(), ClipTokenizer.from_pretrained()
-    data = TokenisedCaptions(read_caption_file(root / "captions.jsonl"), ImageTransform.for_model(model), tok)
+    data = TokenisedCaptions(read_caption_file(root / "caps" / "captions.jsonl"), ImageTransform.for_model(model), tok)
     loader = DataLoader(data, 16, collate_fn=get_task("clip").collate)
     ref = evaluate(model, loader, ClipEvaluator(tok), torch.device("cpu"))
     assert {k: got[k] for k in ref.recall} == ref.recall and got["r_mean"] == pytest.approx(ref.r_mean)
@@ -241,16 +267,16 @@ def test_index_eval_equals_the_clip_evaluator_and_ivf_builds(clip_files, tmp_pat
 
     ivf = tmp_path / "ivf"
     assert main(["index", "build", "--checkpoint", str(root / "run"), "--out", str(ivf), "--kind", "ivf",
-                 "--nlist", "4", "--nprobe", "4", str(root / "imgs")]) == 0  # fmt: skip
+                 "--nlist", "4", "--nprobe", "4", str(root / "caps" / "images")]) == 0  # fmt: skip
     assert "ivf, 4 cells, nprobe 4" in capsys.readouterr().out
-    assert main(["index", "eval", str(ivf), "--captions", str(root / "captions.jsonl"), "--json"]) == 0
+    assert main(["index", "eval", str(ivf), "--captions", str(root / "caps" / "captions.jsonl"), "--json"]) == 0
     every_cell = json.loads(capsys.readouterr().out)
     assert {k: every_cell[k] for k in ref.recall} == ref.recall  # all cells visited: exact again
 
 
 def test_bad_input_is_one_clear_error(clip_files, tmp_path, capsys):
     root, ix = clip_files, tmp_path / "ix"
-    run, imgs = str(root / "run"), str(root / "imgs")
+    run, imgs = str(root / "run"), str(root / "caps" / "images")
     assert main(["index", "build", "--checkpoint", run, "--out", str(ix), imgs]) == 0
     (tmp_path / "stray.txt").write_text("")
     (tmp_path / "empty").mkdir()
@@ -263,7 +289,7 @@ def test_bad_input_is_one_clear_error(clip_files, tmp_path, capsys):
         (["search", str(ix), "--image", str(tmp_path / "ghost.png")], "ghost.png"),
         (["search", str(ix), "--image", str(tmp_path / "stray.txt")], "stray.txt"),
         (["search", str(ix)], "give one query"),
-        (["search", str(ix), "x", "--image", imgs + "/00.png"], "give one query"),
+        (["search", str(ix), "x", "--image", imgs + "/00000.png"], "give one query"),
         (["search", str(ix), "x", "--grid", str(tmp_path / "g.jpg")], "name it *.png"),
         (["search", str(ix), "x", "--nprobe", "0"], "--nprobe must be >= 1"),
         (["index", "build", "--checkpoint", run, "--out", str(ix), imgs], "already holds an index; pass --overwrite"),
