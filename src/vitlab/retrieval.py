@@ -115,7 +115,7 @@ class ImageIndex:
             index.cp.seed = seed  # k-means initialisation: the same vectors give the same cells
             index.cp.min_points_per_centroid = 1  # nlist is chosen above; faiss need not warn about it
             # k-means on a random sample of 64 vectors per cell (faiss's guideline: 30-256): 10^6 vectors in 4,000
-            # cells train on 256k, ~4x faster than faiss's default of 256 per cell
+            # cells train on 256k, a quarter of faiss's default sample (256 per cell)
             index.cp.max_points_per_centroid = TRAIN_POINTS_PER_CELL
             index.train(x)
             index.nprobe = nprobe = min(nprobe, nlist)
