@@ -1,4 +1,5 @@
-"""`vitlab data shapes --out DIR`: write the embedded detection set to disk in COCO format."""
+"""`vitlab data shapes --out DIR`: write the embedded detection set to disk in COCO format.
+`vitlab data captions --out DIR`: write the generated caption set's test split as PNGs + captions.jsonl."""
 
 from __future__ import annotations
 
@@ -19,6 +20,18 @@ def add_parser(sub, argv: list[str]) -> None:
     s.add_argument("--val", type=int, default=200, help="validation images (default: 200)")
     s.add_argument("--seed", type=int, default=0, help="train from this seed, val from seed + 1 (default: 0)")
     s.set_defaults(run=run_shapes)
+    c = kinds.add_parser(
+        "captions",
+        help="the generated caption set's test split: images/*.png + captions.jsonl",
+        description="The images `vitlab eval` scores a `--task clip` run on (seed 1, every colour-shape combination "
+        "equally, held-out ones included), as files: index them with `vitlab index build`, score the index with "
+        "`vitlab index eval --captions DIR/captions.jsonl`, or train on them with --data captions:FILE. DIR must "
+        "not exist.",
+    )
+    c.add_argument("--out", required=True, help="directory to create")
+    c.add_argument("--count", type=int, default=800, help="images (default: 800, the task's --captions-val)")
+    c.add_argument("--seed", type=int, default=1, help="draw seed (default: 1, the task's test split)")
+    c.set_defaults(run=run_captions)
 
 
 def run_shapes(args: argparse.Namespace) -> int:
@@ -42,4 +55,35 @@ def run_shapes(args: argparse.Namespace) -> int:
     for split, (images, objects) in counts.items():
         print(f"{split}: {images} images, {objects} objects -> {out / split}, {out}/annotations/instances_{split}.json")
     print(f"categories: {', '.join(SHAPE_CLASSES)}; train with: vitlab train --task detection --data coco:{out}")
+    return 0
+
+
+def run_captions(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from vitlab.data.captions import generated_captions
+    from vitlab.errors import ConfigError
+
+    if args.count < 1:
+        raise ConfigError(f"--count must be >= 1, got {args.count}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    out = Path(args.out)
+    if out.exists() or out.is_symlink():
+        raise ConfigError(f"--out {out} already exists; writing a data set never replaces anything")
+    data = generated_captions(args.count, seed=args.seed, train=False)
+    lines = []
+    try:
+        (out / "images").mkdir(parents=True)
+        for i, (img, caption) in enumerate(zip(data.images, data.captions, strict=True)):
+            name = f"images/{i:05d}.png"
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(out / name)
+            lines.append(json.dumps({"image": name, "caption": caption}))
+        (out / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write ({e.strerror or e})") from None
+    print(f"{len(lines)} captioned images -> {out / 'images'}, {out / 'captions.jsonl'}")
     return 0

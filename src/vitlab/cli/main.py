@@ -16,6 +16,8 @@ SUBCOMMANDS = (
     "detect",
     "zeroshot",
     "segment",
+    "index",
+    "search",
     "tokenizer",
     "export",
     "explain",
