@@ -14,6 +14,9 @@ attention-distance
                   right)
 gradcam           Grad-CAM (Selvaraju et al. 2017) of a class on the last feature map of a CNN or the token grid of
                   a ViT, so that the two can be compared on one image
+tsne, neighbours, open-set
+                  penultimate features: a t-SNE map, nearest training images, known vs held-out class scores
+                  (cli/explain_features.py)
 """
 
 from __future__ import annotations
@@ -75,6 +78,10 @@ def add_parser(sub, argv: list[str]) -> None:
     _image_args(gc, "gradcam.png and gradcam.json")
     gc.add_argument("--target", default=None, help="class index or label (default: the top prediction)")
     gc.set_defaults(run=run_gradcam)
+
+    from vitlab.cli.explain_features import add_feature_parsers
+
+    add_feature_parsers(kinds)
 
 
 def _model_args(p, img_size: bool = True) -> None:

@@ -8,10 +8,12 @@ from vitlab.data.datasets import (
     ArrayDataset,
     DataSplits,
     ImageFolder,
+    hold_out_classes,
     load_cifar,
     load_digits_dataset,
     load_mnist,
     read_image,
+    resolve_classes,
     stratified_split,
 )
 from vitlab.data.transforms import ImageTransform, TransformedDataset
@@ -23,8 +25,10 @@ __all__ = [
     "ImageFolder",
     "ImageTransform",
     "TransformedDataset",
+    "hold_out_classes",
     "load_data",
     "read_image",
+    "resolve_classes",
     "stratified_split",
 ]
 
