@@ -1,3 +1,16 @@
 """Model families. Importing this package registers every variant."""
 
-from vitlab.models import clip, convnext, cpvt, cvt, detr, hybrid, mixer, nonlocal_net, resnet, swin, vit  # noqa: F401
+from vitlab.models import (  # noqa: F401
+    clip,
+    convnext,
+    cpvt,
+    cvt,
+    detr,
+    hybrid,
+    mixer,
+    nonlocal_net,
+    resnet,
+    resnet_attention,
+    swin,
+    vit,
+)
