@@ -164,6 +164,14 @@ def test_hold_out_run_trains_and_evaluates_on_the_known_classes(runs, capsys):
     assert "(289 test samples" in capsys.readouterr().out  # 360 test digits less the 71 eights and nines
 
 
+def test_train_hold_out_refusals(tmp_path, capsys):
+    assert main([*TRAIN, "--hold-out", "0,1,2,3,4,5,6,7,8", "--out", str(tmp_path / "r")]) == 2
+    assert "--hold-out 0,1,2,3,4,5,6,7,8 leaves 1 of the classes of --data digits" in capsys.readouterr().err
+    assert main([*TRAIN, "--hold-out", "ten", "--out", str(tmp_path / "r")]) == 2
+    assert "--hold-out (--data digits): 'ten' is not a class" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_cli_open_set(runs, capsys):
     out = runs / "os"
     assert main(["explain", "open-set", "--checkpoint", str(runs / "open"), "--out", str(out)]) == 0

@@ -72,6 +72,11 @@ class ClassificationTask(ClassifierTask):
         if tcfg.hold_out:
             held = resolve_classes(tcfg.hold_out, list(splits.classes), f"--hold-out (--data {spec})")
             splits = hold_out_classes(splits, held)[0]
+            if len(splits.classes) < 2:
+                raise DataError(
+                    f"--hold-out {tcfg.hold_out} leaves {len(splits.classes)} of the classes of --data {spec}; "
+                    "classification needs at least 2"
+                )
         if len(splits.classes) < 2:  # one logit: the softmax is 1 whatever the image, nothing is learned
             raise DataError(
                 f"--data {spec}: classification needs at least 2 classes, found {len(splits.classes)} "
