@@ -16,6 +16,9 @@ gradcam           Grad-CAM (Selvaraju et al. 2017) of a class on the last featur
                   a ViT, so that the two can be compared on one image
 dino-attention    the last layer's per-head [CLS] attention and the masks keeping 60% of its mass (DINO Fig. 3;
                   `vitlab.cli.explain_dino`)
+tsne, neighbours, open-set
+                  penultimate features: a t-SNE map, nearest training images, known vs held-out class scores
+                  (cli/explain_features.py)
 """
 
 from __future__ import annotations
@@ -79,8 +82,10 @@ def add_parser(sub, argv: list[str]) -> None:
     gc.set_defaults(run=run_gradcam)
 
     from vitlab.cli import explain_dino
+    from vitlab.cli.explain_features import add_feature_parsers
 
     explain_dino.add_parser(kinds)  # dino-attention
+    add_feature_parsers(kinds)  # tsne, neighbours, open-set
 
 
 def _model_args(p, img_size: bool = True) -> None:

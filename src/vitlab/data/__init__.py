@@ -9,11 +9,13 @@ from vitlab.data.datasets import (
     ArrayDataset,
     DataSplits,
     ImageFolder,
+    hold_out_classes,
     load_cifar,
     load_digits_dataset,
     load_mnist,
     load_mnist5k,
     read_image,
+    resolve_classes,
     stratified_split,
 )
 from vitlab.data.transforms import ImageTransform, TransformedDataset
@@ -25,8 +27,10 @@ __all__ = [
     "ImageFolder",
     "ImageTransform",
     "TransformedDataset",
+    "hold_out_classes",
     "load_data",
     "read_image",
+    "resolve_classes",
     "stratified_split",
 ]
 

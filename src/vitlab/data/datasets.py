@@ -360,3 +360,49 @@ class DataSplits:
     test: Dataset
     classes: list[str]
     natural_images: bool  # horizontal flips are a valid augmentation (photos yes, digits no)
+
+
+# ----- open-set splits: classes held out of training ---------------------------------------------------------------
+def resolve_classes(text: str, classes: list[str], where: str) -> list[int]:
+    """Indices of the classes `text` names (comma-separated class names, or indices where no class has that name)."""
+    names = [t.strip() for t in text.split(",")]
+    if not all(names):
+        raise DataError(f"{where}: expected comma-separated class names or indices (e.g. 8,9), got {text!r}")
+    found = []
+    for name in names:
+        if name in classes:
+            found.append(classes.index(name))
+        elif name.lstrip("-").isdigit() and 0 <= int(name) < len(classes):
+            found.append(int(name))
+        else:
+            shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+            raise DataError(f"{where}: {name!r} is not a class of the data set (its classes: {shown})")
+    if len(set(found)) != len(found):
+        raise DataError(f"{where}: a class is named twice in {text!r}")
+    return found
+
+
+def _keep_classes(ds: Dataset, keep: list[int]) -> Dataset:
+    """The samples of `ds` whose class is in `keep`, relabelled 0..len(keep)-1 in the order of `keep`."""
+    new = {old: i for i, old in enumerate(keep)}
+    classes = [ds.classes[i] for i in keep]
+    if isinstance(ds, ArrayDataset):
+        mask = torch.isin(ds.labels, torch.tensor(keep, dtype=torch.long))
+        lookup = torch.full((len(ds.classes),), -1, dtype=torch.long)
+        lookup[torch.tensor(keep)] = torch.arange(len(keep))
+        return ArrayDataset(ds.images[mask], lookup[ds.labels[mask]], classes)
+    if isinstance(ds, ImageFolder):
+        return ImageFolder(ds.root, [(p, new[y]) for p, y in ds.samples if y in new], classes)
+    raise TypeError(f"cannot select classes of a {type(ds).__name__}")
+
+
+def hold_out_classes(splits: DataSplits, held: list[int]) -> tuple[DataSplits, DataSplits]:
+    """(the known classes' splits, the held-out classes' splits): every image of a held-out class leaves training and
+    the known test set, for open-set recognition (train on the known classes, score known test vs held-out test).
+    Both keep the data set's class order and are relabelled from 0."""
+    known = [i for i in range(len(splits.classes)) if i not in held]
+    out = []
+    for keep in (known, sorted(held)):
+        train, test = _keep_classes(splits.train, keep), _keep_classes(splits.test, keep)
+        out.append(DataSplits(train, test, [splits.classes[i] for i in keep], splits.natural_images))
+    return out[0], out[1]

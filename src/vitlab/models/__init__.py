@@ -12,6 +12,7 @@ from vitlab.models import (  # noqa: F401
     mixer,
     nonlocal_net,
     resnet,
+    resnet_attention,
     swin,
     vit,
 )
