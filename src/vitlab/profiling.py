@@ -35,6 +35,8 @@ def model_stats(name: str, img_size: int | None = None, flops: bool = True, **ov
     if flops and hasattr(cfg, "img_size"):  # a detector's FLOPs depend on the image: not counted here
         with torch.device("meta"):
             inputs = [torch.empty(1, chans, size, size)]
+            if hasattr(cfg, "num_frames"):  # a video model: one clip (1, T, C, H, W)
+                inputs = [torch.empty(1, cfg.num_frames, chans, size, size)]
             if hasattr(model, "encode_text"):  # CLIP: one image and one full-context caption
                 inputs.append(torch.zeros(1, cfg.context_length, dtype=torch.long))
         with FlopCounterMode(display=False) as counter, torch.no_grad():

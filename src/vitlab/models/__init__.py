@@ -14,5 +14,7 @@ from vitlab.models import (  # noqa: F401
     resnet,
     resnet_attention,
     swin,
+    timesformer,
     vit,
+    vivit,
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from vitlab.weights import clip, convnext, cvt, dinov2, mae, resnet, swin, vit
+from vitlab.weights import clip, convnext, cvt, dinov2, mae, resnet, swin, video, vit
 from vitlab.weights.hf import HfConverter
 
 HF_CONVERTERS: dict[str, HfConverter] = {
@@ -23,6 +23,8 @@ HF_CONVERTERS: dict[str, HfConverter] = {
     "convnext": convnext.HF,
     "resnet": resnet.HF,
     "clip": clip.HF,  # transformers' CLIPModel; by key also openai/CLIP's and open_clip's ViT state dicts
+    "vivit": video.VIVIT_HF,  # VivitForVideoClassification / VivitModel
+    "timesformer": video.TIMESFORMER_HF,  # TimesformerForVideoClassification / TimesformerModel
 }
 
 
