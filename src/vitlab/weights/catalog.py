@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from vitlab.weights import clip, convnext, cvt, resnet, swin, vit
+from vitlab.weights import ast, clip, convnext, cvt, resnet, swin, vit
 from vitlab.weights.hf import HfConverter
 
 HF_CONVERTERS: dict[str, HfConverter] = {
+    # first: an AST state dict also holds ViT's marker key (find_by_keys takes the first match)
+    ast.MODEL_TYPE: ast.HF,  # transformers' ASTForAudioClassification
     "vit": vit.HF,
     "deit": vit.HF,  # the same weights layout; `vit_model_for` picks the distilled variants for it
     "swin": swin.HF,
