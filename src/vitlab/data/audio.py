@@ -31,6 +31,7 @@ import librosa
 import numpy as np
 import soundfile as sf
 import torch
+from torch.utils.data import Dataset
 
 from vitlab.errors import DataError
 
@@ -134,3 +135,78 @@ class SpectrogramTransform:
 
     def __call__(self, wave: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(self.bank(wave).T))[None]  # (1, F, T)
+
+
+def check_audio(path: str | Path) -> None:
+    """soundfile can open `path` and it holds samples (a header read, no decoding), or one DataError naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"cannot read audio {path}: it is a directory")
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError) as e:
+        raise DataError(f"cannot read audio {path}: {e} (soundfile reads wav, flac, ogg and aiff)") from None
+    if info.frames == 0:
+        raise DataError(f"audio file {path} holds no samples")
+
+
+class AudioFolder(Dataset):
+    """root/CLASS_NAME/*.wav|flac|ogg|aiff; classes sorted by name (as ImageFolder). Item i -> (16 kHz mono waveform
+    (S,) float32, label). Every file's header is checked at construction: an unreadable one is named at once."""
+
+    def __init__(self, root: str | Path, samples: list[tuple[Path, int]] | None = None, classes=None) -> None:
+        self.root = Path(root)
+        self.source = str(self.root)
+        if samples is not None:
+            self.samples, self.classes = samples, classes
+            return
+        if not self.root.is_dir():
+            raise DataError(f"audio directory {self.root} {'is a file' if self.root.exists() else 'does not exist'}")
+        self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not self.classes:
+            raise DataError(f"audio directory {self.root} has no class sub-directories (expected ROOT/CLASS/FILE.wav)")
+        self.samples = []
+        for label, name in enumerate(self.classes):
+            files = sorted(
+                p for p in (self.root / name).rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+            )
+            self.samples += [(p, label) for p in files]
+        if not self.samples:
+            raise DataError(
+                f"audio directory {self.root} has class folders but no audio files "
+                f"({', '.join(sorted(AUDIO_SUFFIXES))})"
+            )
+        for path, _ in self.samples:
+            check_audio(path)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        path, label = self.samples[i]
+        return read_audio(path), label
+
+    def subset(self, idx) -> AudioFolder:
+        return AudioFolder(self.root, [self.samples[i] for i in idx], self.classes)
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+
+class SpectrogramDataset(Dataset):
+    """(waveform, label) -> (model input (1, F, T), label), each bank computed once and kept (clips are not
+    augmented: the same input every epoch)."""
+
+    def __init__(self, base: Dataset, transform: SpectrogramTransform) -> None:
+        self.base, self.transform = base, transform
+        self._cache: dict[int, tuple[torch.Tensor, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if i not in self._cache:
+            wave, label = self.base[i]
+            self._cache[i] = (self.transform(wave), label)
+        return self._cache[i]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 
+from vitlab.engine.tasks.audio import AudioConfig, AudioTask
 from vitlab.engine.tasks.base import Task, TaskConfig
 from vitlab.engine.tasks.classification import (
     ClassificationConfig,
@@ -17,7 +18,8 @@ from vitlab.engine.tasks.multilabel import MultiLabelConfig, MultiLabelTask
 from vitlab.errors import ConfigError
 
 TASKS: dict[str, Task] = {
-    t.name: t for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask())
+    t.name: t
+    for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask(), AudioTask())
 }
 
 
@@ -31,6 +33,7 @@ def get_task(name: str) -> Task:
 
 __all__ = [
     "TASKS",
+    "AudioConfig",
     "ClassificationConfig",
     "ClipTaskConfig",
     "DetectionConfig",
