@@ -164,3 +164,14 @@ def test_imagenet_vit_weights_adapt(source):
     assert torch.isfinite(ast(spec)).all()
     with pytest.raises(ValueError, match="not a square ViT grid"):
         adapt_vit_state({**vit.state_dict(), "pos_embed": torch.zeros(1, 7, 192)}, ast)
+
+
+def test_models_table_counts_flops_on_the_spectrogram():
+    from vitlab.profiling import model_stats
+
+    s = model_stats("ast_micro_patch16_stride10_64x200")
+    assert s.params == 334_472 and s.img_size == 64
+    # the blocks' linear layers: 4 blocks x 97 tokens x (q, k, v, proj 4 * 96^2 + MLP 2 * 96 * 192) MACs, 2 FLOPs
+    # each; attention, the patch convolution (95 patches, not a square's) and the head add less than as much again
+    linear = 4 * 97 * (4 * 96 * 96 + 2 * 96 * 192) * 2
+    assert linear < s.flops < 2 * linear
