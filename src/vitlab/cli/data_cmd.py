@@ -1,5 +1,7 @@
-"""`vitlab data shapes --out DIR`: write the embedded detection set to disk in COCO format.
-`vitlab data captions --out DIR`: write the generated caption set's test split as PNGs + captions.jsonl."""
+"""`vitlab data shapes|captions|sounds --out DIR`: write an embedded set to disk.
+
+shapes: the detection set in COCO format; captions: the generated caption set's test split as PNGs +
+captions.jsonl; sounds: the generated sound classes as train/val wav folders."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import argparse
 
 
 def add_parser(sub, argv: list[str]) -> None:
-    p = sub.add_parser("data", help="write an embedded data set to disk (shapes: detection in COCO format)")
+    p = sub.add_parser(
+        "data", help="write an embedded data set to disk (shapes: COCO detection; captions; sounds: wav folders)"
+    )
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     s = kinds.add_parser(
         "shapes",
@@ -32,12 +36,23 @@ def add_parser(sub, argv: list[str]) -> None:
     c.add_argument("--count", type=int, default=800, help="images (default: 800, the task's --captions-val)")
     c.add_argument("--seed", type=int, default=1, help="draw seed (default: 1, the task's test split)")
     c.set_defaults(run=run_captions)
+    a = kinds.add_parser(
+        "sounds",
+        help="generated sound classes (tones, chirps, sirens, noise bursts, clicks): train/val wav folders",
+        description="The set `vitlab train --task audio` uses when no --data is given, written as "
+        "OUT/train/CLASS/*.wav and OUT/val/CLASS/*.wav (16 kHz, 16-bit); train on it with --data DIR. DIR must not "
+        "exist.",
+    )
+    a.add_argument("--out", required=True, help="directory to create")
+    a.add_argument("--train", type=int, default=100, help="training clips per class (default: 100)")
+    a.add_argument("--val", type=int, default=25, help="validation clips per class (default: 25)")
+    a.add_argument("--seed", type=int, default=0, help="train from this seed, val from seed + 1 (default: 0)")
+    a.set_defaults(run=run_sounds)
 
 
-def run_shapes(args: argparse.Namespace) -> int:
+def _check_args(args: argparse.Namespace):
     from pathlib import Path
 
-    from vitlab.data.shapes import SHAPE_CLASSES, write_shapes
     from vitlab.errors import ConfigError
 
     for flag, v in (("--train", args.train), ("--val", args.val)):
@@ -48,6 +63,29 @@ def run_shapes(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() or out.is_symlink():
         raise ConfigError(f"--out {out} already exists; writing a data set never replaces anything")
+    return out
+
+
+def run_sounds(args: argparse.Namespace) -> int:
+    from vitlab.data.sounds import SOUND_CLASSES, write_sounds
+    from vitlab.errors import ConfigError
+
+    out = _check_args(args)
+    try:
+        counts = write_sounds(out, args.train, args.val, args.seed)
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot write ({e.strerror or e})") from None
+    for split, n in counts.items():
+        print(f"{split}: {n} clips -> {out / split}")
+    print(f"classes: {', '.join(SOUND_CLASSES)}; train with: vitlab train --task audio --data {out}")
+    return 0
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    from vitlab.data.shapes import SHAPE_CLASSES, write_shapes
+    from vitlab.errors import ConfigError
+
+    out = _check_args(args)
     try:
         counts = write_shapes(out, args.train, args.val, args.seed)
     except OSError as e:

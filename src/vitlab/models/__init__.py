@@ -1,6 +1,7 @@
 """Model families. Importing this package registers every variant."""
 
 from vitlab.models import (  # noqa: F401
+    ast,
     clip,
     convnext,
     cpvt,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 
+from vitlab.engine.tasks.audio import AudioConfig, AudioTask
 from vitlab.engine.tasks.base import Task, TaskConfig
 from vitlab.engine.tasks.classification import (
     ClassificationConfig,
@@ -20,7 +21,7 @@ from vitlab.engine.tasks.simclr import SimCLRConfig, SimCLRTask, SupConConfig, S
 from vitlab.errors import ConfigError
 
 _ALL = (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask(), LSegTask(),
-        SimCLRTask(), SupConTask(), DinoTask())  # fmt: skip
+        SimCLRTask(), SupConTask(), DinoTask(), AudioTask())  # fmt: skip
 TASKS: dict[str, Task] = {t.name: t for t in _ALL}
 
 
@@ -34,6 +35,7 @@ def get_task(name: str) -> Task:
 
 __all__ = [
     "TASKS",
+    "AudioConfig",
     "ClassificationConfig",
     "ClipTaskConfig",
     "DetectionConfig",
