@@ -4,6 +4,8 @@ their attention maps through the capture every attention model uses."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -215,3 +217,19 @@ def test_cli_attention_and_models_table(tmp_path, capsys):
     assert main(["models", "resnet18_sasa", "--img-size", "32"]) == 0
     table = capsys.readouterr().out
     assert "resnet18_sasa" in table and "4,369,224" in table
+
+
+def test_receptive_fields_count_the_attention_window():
+    from vitlab.explain.receptive import measured_extent, receptive_fields
+
+    sasa = vitlab.create_model("resnet18_sasa", layers=(1, 1, 1, 1), img_size=32)
+    fields = {f.name: f for f in receptive_fields(sasa)}
+    # maxpool leaves 11 px at jump 4; each 7x7 window adds 6 * 4; a strided layer pools 2x2 after its window
+    assert [fields[n].size for n in ("maxpool", "layer1.0.conv1", "layer1.0.conv2")] == [11, 35, 59]
+    assert (fields["layer2.0.conv1"].size, fields["layer2.0.conv1.pool"].size) == (83, 87)
+    assert fields["layer2.0.conv1.pool"].jump == 8
+    assert measured_extent(sasa, "layer1.0.conv1", 45) == (35, 35)
+    aa = vitlab.create_model("resnet18_aa", layers=(1, 1, 1, 1), img_size=32)
+    aa_fields = {f.name: f for f in receptive_fields(aa)}
+    assert aa_fields["layer2.0.conv1.conv"].size == 11 + 3 * 8  # three 3x3 convs at jump 4: the conv half is local
+    assert math.isinf(aa_fields["layer2.0.conv2.conv"].size)  # after the global attention beside it, all is global

@@ -190,7 +190,8 @@ def test_cli_open_set(runs, capsys):
     [
         ("all", [], "was trained on every class of digits: open-set recognition needs classes unseen"),
         ("all", ["--held-out", "9"], "was trained on class(es) 9: held-out classes must be unseen"),
-        ("open", ["--held-out", "ten"], "--held-out (--data digits): 'ten' is not a class"),
+        ("all", ["--held-out", "ten"], "--held-out (--data digits): 'ten' is not a class"),
+        ("open", ["--held-out", "9"], "--held-out 9: --checkpoint"),
     ],
 )
 def test_cli_open_set_refusals(runs, capsys, run, extra, error):

@@ -98,6 +98,11 @@ class _Setup:
         self.data = args.data or (saved.data if saved is not None and saved.data else "digits")
         test_fraction = saved.test_fraction if saved is not None else 0.2
         run_held = getattr(saved.task_cfg, "hold_out", "") if saved is not None else ""
+        if held_out is not None and run_held and held_out.replace(" ", "") != run_held.replace(" ", ""):
+            raise ConfigError(
+                f"--held-out {held_out}: --checkpoint {args.checkpoint} was trained with --hold-out {run_held}; "
+                "leave --held-out out to score the classes the run held out"
+            )
         self.held_text = held_out if held_out is not None else run_held
         splits = load_data(self.data, test_fraction)
         self.held = None
@@ -143,7 +148,6 @@ def run_tsne(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from vitlab.data import stratified_split
     from vitlab.errors import ConfigError
     from vitlab.explain.features import tsne_embedding
 
@@ -159,10 +163,13 @@ def run_tsne(args: argparse.Namespace) -> int:
     if total < 3:
         raise ConfigError(f"--data {s.data}: the {args.split} split has {total} image(s); t-SNE needs 3")
     feats, names, held_flags = [], [], []
+    rng = np.random.default_rng(args.seed)
     for ds, classes, held in groups:
-        if total > args.max_images:  # the same share of every group and class
-            share = len(ds) * args.max_images / total / len(ds)
-            ds = ds.subset(stratified_split(ds.targets, 1 - share, args.seed)[0]) if share < 1 else ds
+        if total > args.max_images:  # the same share of every class, at least one image each
+            labels = np.asarray(ds.targets)
+            members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+            picks = [rng.permutation(m)[: max(1, round(len(m) * args.max_images / total))] for m in members]
+            ds = ds.subset(np.sort(np.concatenate(picks)))
         f = s.features(ds)
         feats.append(f.features)
         names += [classes[y] for y in f.labels.tolist()]

@@ -35,10 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.errors import ConfigError
-from vitlab.fx import notrace
+from vitlab.fx import notrace, notrace_module
 from vitlab.layers.attention import attend
 
 
+@notrace_module  # its geometry is its own (`receptive_steps`), not that of the ops inside
 class LocalSelfAttention(nn.Module):
     """Multi-head self-attention of each pixel over its k×k neighbourhood, with 2-D relative position embeddings."""
 
@@ -74,6 +75,15 @@ class LocalSelfAttention(nn.Module):
         self.pool = nn.AvgPool2d(2, ceil_mode=True) if stride == 2 else nn.Identity()
         self.capture_attn = False  # set by vitlab.explain.capture_attention for the layers it is asked for
         self.attn_probs: torch.Tensor | None = None
+
+    @torch.jit.unused
+    def receptive_steps(self) -> list[tuple[str, str, int, int, float, int]]:
+        """(name suffix, kind, kernel, stride, padding, dilation) of each spatial step, for
+        `vitlab.explain.receptive_fields`: the k×k window (as a conv of that size: every pixel of it can change the
+        output), then the 2×2 pool of a strided layer."""
+        k = self.kernel_size
+        steps = [("", "attn", k, 1, float(k // 2), 1)]
+        return steps + ([(".pool", "avgpool", 2, 2, 0.0, 1)] if self.stride == 2 else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
