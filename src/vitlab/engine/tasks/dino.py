@@ -9,8 +9,10 @@ KL(teacher || student), DINO sec. 5.3) is logged for every epoch and plotted in 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,8 +23,12 @@ from vitlab.data.transforms import ImageTransform
 from vitlab.engine.evaluators.dino import DinoEvaluator, DinoResult
 from vitlab.engine.report import Section, new_figure, table
 from vitlab.engine.tasks.base import Task, TaskConfig
-from vitlab.errors import ConfigError
+from vitlab.errors import CheckpointError, ConfigError
+from vitlab.factory import create_model
 from vitlab.methods.dino import Dino, DinoModel
+from vitlab.weights import CHECKPOINT_FILE
+from vitlab.weights.dino import DINO_MODEL_NAME, dino_encoder
+from vitlab.weights.io import read_tensors
 
 
 def _f(default, help: str):
@@ -174,15 +180,6 @@ def load_dino_encoder(path: str, which: str = "teacher") -> nn.Module:
 
     (`load_checkpoint` / `create_model(pretrained=...)` read a DINO run as its teacher already.)
     """
-    import json
-    from pathlib import Path
-
-    from vitlab.errors import CheckpointError
-    from vitlab.factory import create_model
-    from vitlab.weights import CHECKPOINT_FILE
-    from vitlab.weights.dino import DINO_MODEL_NAME, dino_encoder
-    from vitlab.weights.io import read_tensors
-
     file = Path(path) / CHECKPOINT_FILE if Path(path).is_dir() else Path(path)
     if not file.is_file():
         raise CheckpointError(f"{path}: no DINO checkpoint ({file} is missing)")
