@@ -98,6 +98,8 @@ class DinoTask(Task):
     help = "self-supervised DINO (student + EMA teacher, multi-crop): k-NN accuracy of the teacher, collapse monitor"
     config_cls = DinoTaskConfig
     collate = staticmethod(collate_multicrop)
+    # the student and the teacher run as separate forwards and the teacher follows the student parameter by parameter
+    supports_fsdp = False
     default_model = "vit_micro_patch4_16"  # the digits upsampled to 16 px leave room for 8 px local crops
     # DINO's AdamW recipe (lr 5e-4 x batch/256 with warm-up, wd 0.04, clip 3) at a CPU-sized batch
     run_defaults = {"lr": 5e-4, "min_lr": 1e-6, "weight_decay": 0.04, "clip_grad": 3.0, "batch_size": 64,
