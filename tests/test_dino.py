@@ -221,6 +221,12 @@ def test_train_task_dino_writes_knn_and_the_collapse_monitor(tmp_path, capsys):
 def test_dino_task_bad_flags_are_one_line(tmp_path, capsys):
     assert main(["train", "--task", "dino", "--out", str(tmp_path / "r"), "--teacher-temp", "0"]) == 2
     assert "--teacher-temp must be > 0" in capsys.readouterr().err
+    assert main(["train", "--task", "dino", "--out", str(tmp_path / "r"), "--fsdp"]) == 2
+    assert "--fsdp is not supported by --task dino" in capsys.readouterr().err
+    assert main(["train", "--task", "dino", "--out", str(tmp_path / "r"), "--model", "swin_tiny_patch4_window7_224",
+                 "--img-size", "32"]) == 2  # fmt: skip
+    assert "local crops smaller than the global ones" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow  # three short runs

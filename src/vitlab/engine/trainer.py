@@ -254,6 +254,8 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
     task = get_task(cfg.task)
     device = resolve_device(cfg.device, ctx)
     if cfg.fsdp:
+        if not task.supports_fsdp:
+            raise ConfigError(f"--fsdp is not supported by --task {task.name}; train without --fsdp (DDP)")
         if not ctx.enabled:
             raise ConfigError("--fsdp shards across the processes of a torchrun job: torchrun --nproc-per-node N ...")
         for flag, on in (("--ema", cfg.ema), ("--freeze-backbone", cfg.freeze_backbone)):

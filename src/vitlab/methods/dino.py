@@ -13,7 +13,8 @@ together through the encoder (the official MultiCropWrapper), so a ViT must acce
 
 Differences from the reference code: the weight-normalised last layer is written out (W = g * v / ||v||, one g per
 prototype, fixed to 1 unless `norm_last_layer=False`), not `nn.utils.weight_norm`; weight decay stays constant (the
-engine's), where the official recipe raises it 0.04 -> 0.4 on a cosine.
+engine's), where the official recipe raises it 0.04 -> 0.4 on a cosine; gradients are clipped by their global norm
+(the engine's --clip-grad), where the official code clips each parameter's gradient norm separately.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ class Task:
     default_data: str = "digits"
     default_model: str = "vit_micro_patch4_8"  # what --model means when not given
     model_kind: str = "classifier"  # the registry kind of model this task trains
+    supports_fsdp: bool = True  # False: --fsdp is refused (the model is not one sharded forward)
     run_defaults: dict = {}  # run flags this task starts from when not given (DETR's lr, weight decay, clipping)
 
     def for_evaluation(self) -> Task:

@@ -9,8 +9,10 @@ KL(teacher || student), DINO sec. 5.3) is logged for every epoch and plotted in 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,8 +23,12 @@ from vitlab.data.transforms import ImageTransform
 from vitlab.engine.evaluators.dino import DinoEvaluator, DinoResult
 from vitlab.engine.report import Section, new_figure, table
 from vitlab.engine.tasks.base import Task, TaskConfig
-from vitlab.errors import ConfigError
+from vitlab.errors import CheckpointError, ConfigError
+from vitlab.factory import create_model
 from vitlab.methods.dino import Dino, DinoModel
+from vitlab.weights import CHECKPOINT_FILE
+from vitlab.weights.dino import DINO_MODEL_NAME, dino_encoder
+from vitlab.weights.io import read_tensors
 
 
 def _f(default, help: str):
@@ -92,6 +98,8 @@ class DinoTask(Task):
     help = "self-supervised DINO (student + EMA teacher, multi-crop): k-NN accuracy of the teacher, collapse monitor"
     config_cls = DinoTaskConfig
     collate = staticmethod(collate_multicrop)
+    # the student and the teacher run as separate forwards and the teacher follows the student parameter by parameter
+    supports_fsdp = False
     default_model = "vit_micro_patch4_16"  # the digits upsampled to 16 px leave room for 8 px local crops
     # DINO's AdamW recipe (lr 5e-4 x batch/256 with warm-up, wd 0.04, clip 3) at a CPU-sized batch
     run_defaults = {"lr": 5e-4, "min_lr": 1e-6, "weight_decay": 0.04, "clip_grad": 3.0, "batch_size": 64,
@@ -174,15 +182,6 @@ def load_dino_encoder(path: str, which: str = "teacher") -> nn.Module:
 
     (`load_checkpoint` / `create_model(pretrained=...)` read a DINO run as its teacher already.)
     """
-    import json
-    from pathlib import Path
-
-    from vitlab.errors import CheckpointError
-    from vitlab.factory import create_model
-    from vitlab.weights import CHECKPOINT_FILE
-    from vitlab.weights.dino import DINO_MODEL_NAME, dino_encoder
-    from vitlab.weights.io import read_tensors
-
     file = Path(path) / CHECKPOINT_FILE if Path(path).is_dir() else Path(path)
     if not file.is_file():
         raise CheckpointError(f"{path}: no DINO checkpoint ({file} is missing)")
