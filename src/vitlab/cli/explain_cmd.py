@@ -14,6 +14,8 @@ attention-distance
                   right)
 gradcam           Grad-CAM (Selvaraju et al. 2017) of a class on the last feature map of a CNN or the token grid of
                   a ViT, so that the two can be compared on one image
+mae-reconstruct   a masked autoencoder's original | masked | reconstruction per image (MAE Figs. 2-4;
+                  `vitlab.cli.explain_mae`)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from vitlab.cli import explain_mae
 
 
 def add_parser(sub, argv: list[str]) -> None:
@@ -75,6 +79,8 @@ def add_parser(sub, argv: list[str]) -> None:
     _image_args(gc, "gradcam.png and gradcam.json")
     gc.add_argument("--target", default=None, help="class index or label (default: the top prediction)")
     gc.set_defaults(run=run_gradcam)
+
+    explain_mae.add_parser(kinds)
 
 
 def _model_args(p, img_size: bool = True) -> None:

@@ -3,7 +3,17 @@
 from vitlab.methods.base import Method, StepOutput, weighted_loss
 from vitlab.methods.detr import SetPrediction
 from vitlab.methods.distill import Distillation
+from vitlab.methods.mae import MaskedImageModelling
 from vitlab.methods.multilabel import MultiLabel
 from vitlab.methods.supervised import Supervised
 
-__all__ = ["Distillation", "Method", "MultiLabel", "SetPrediction", "StepOutput", "Supervised", "weighted_loss"]
+__all__ = [
+    "Distillation",
+    "MaskedImageModelling",
+    "Method",
+    "MultiLabel",
+    "SetPrediction",
+    "StepOutput",
+    "Supervised",
+    "weighted_loss",
+]

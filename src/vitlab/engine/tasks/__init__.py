@@ -13,11 +13,13 @@ from vitlab.engine.tasks.classification import (
 )
 from vitlab.engine.tasks.clip import ClipTask, ClipTaskConfig
 from vitlab.engine.tasks.detection import DetectionConfig, DetectionTask
+from vitlab.engine.tasks.mae import MaeTask, MaeTaskConfig
 from vitlab.engine.tasks.multilabel import MultiLabelConfig, MultiLabelTask
 from vitlab.errors import ConfigError
 
 TASKS: dict[str, Task] = {
-    t.name: t for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask())
+    t.name: t
+    for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask(), MaeTask())
 }
 
 
@@ -35,6 +37,7 @@ __all__ = [
     "ClipTaskConfig",
     "DetectionConfig",
     "DistillationConfig",
+    "MaeTaskConfig",
     "MultiLabelConfig",
     "Task",
     "TaskConfig",
