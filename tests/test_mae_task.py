@@ -56,8 +56,11 @@ def test_finetune_the_encoder_as_a_classifier(mae_run, digit_folder, tmp_path, c
     # the MAE run's weights less its decoder fit the encoder: only the classifier is new
     assert "checkpoint.safetensors has no classifier (head.bias, head.weight): a new head for 10 classes" in text
     assert "final test top-1 accuracy:" in text
-    assert main([*args[:-4], "--model", "vit_mini_patch4_32", "--epochs", "1", "--out", str(tmp_path / "x")]) == 2
-    assert "does not fit" in capsys.readouterr().err
+    assert (
+        main([*args[:-4], "--model", "swin_tiny_patch4_window7_224", "--epochs", "1", "--out", str(tmp_path / "x")])
+        == 2
+    )
+    assert "use --model vit_micro_patch2_8" in capsys.readouterr().err
 
 
 def test_explain_mae_reconstruct(mae_run, tmp_path, capsys):
