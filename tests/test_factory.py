@@ -19,7 +19,7 @@ import vitlab
 from tests.conftest import randomise_weights
 from vitlab.errors import CheckpointError
 from vitlab.registry import get_entry
-from vitlab.weights import checkpoint_model_name, convnext, cvt, resnet, swin, vit
+from vitlab.weights import checkpoint_model_name, convnext, cvt, dinov2, resnet, swin, vit
 from vitlab.weights.catalog import HF_CONVERTERS
 from vitlab.weights.hf import pick_variant
 
@@ -30,6 +30,7 @@ TABLES = {
     "convnext": convnext.CONVNEXT_VARIANTS,
     "resnet": resnet.RESNET_VARIANTS,
     "cvt": cvt.CVT_VARIANTS,
+    "dinov2": dinov2.DINOV2_HF_VARIANTS,
 }
 
 

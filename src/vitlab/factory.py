@@ -19,6 +19,7 @@ from torch import nn
 import vitlab.models  # noqa: F401  (importing the families registers their variants)
 from vitlab.errors import CheckpointError, ConfigError, UnknownModelError
 from vitlab.models.features import FeatureNet
+from vitlab.models.inflate import INFLATE_MODES, inflate_image_state, is_image_vit_state
 from vitlab.models.mae import encoder_checkpoint_fields
 from vitlab.registry import ModelEntry, get_entry
 from vitlab.weights import Pretrained, read_pretrained, write_checkpoint
@@ -40,17 +41,35 @@ def create_model(
     `pretrained=True, pretrained_cfg_overlay=dict(file=PATH)` names the file too. The checkpoint's architecture
     settings apply first, then `num_classes` / `img_size` / `overrides`: a different `img_size` resamples the
     position embedding; a different `num_classes`, or a checkpoint without a classifier, gives a new head (with a
-    warning). timm's `features_only`, `out_indices`, `feature_cls` and `feature_cfg` give a `FeatureNet`.
+    warning). A video model given an image ViT checkpoint is initialised from it (`vitlab.models.inflate`;
+    `inflate="central"` or `"average"` for the tubelet filter). timm's `features_only`, `out_indices`, `feature_cls`
+    and `feature_cfg` give a `FeatureNet`.
     """
     entry = get_entry(name)
     pretrained = _pretrained_source(name, pretrained, overrides.pop("pretrained_cfg_overlay", None))
     features = _pop_feature_args(overrides)
+    inflate = overrides.pop("inflate", "central")  # video models from an image ViT: how its patch filter inflates
     user = _user_overrides(num_classes, img_size, overrides)
     if pretrained is None:
         model = build_model(entry, user)
     else:
-        model = _from_pretrained(entry, read_pretrained(pretrained), user)
+        ckpt = read_pretrained(pretrained)
+        if entry.kind == "video" and is_image_vit_state(ckpt.state):
+            model = _inflated(entry, ckpt, user, inflate)
+        else:
+            model = _from_pretrained(entry, ckpt, user)
     return FeatureNet(model, **features) if features is not None else model
+
+
+def _inflated(entry: ModelEntry, ckpt: Pretrained, user: dict, mode: str) -> nn.Module:
+    """A video model initialised from an image ViT checkpoint (`vitlab.models.inflate`); its config is the video
+    variant's with the caller's overrides, the image checkpoint's sizes must fit it."""
+    if mode not in INFLATE_MODES:
+        raise ConfigError(f"inflate={mode!r}: choose one of {', '.join(INFLATE_MODES)}")
+    model = build_model(entry, user)
+    model.load_state_dict(inflate_image_state(model, ckpt.state, mode))
+    log.info("%s: image ViT weights inflated into %s (%s-frame patch filter)", ckpt.source, entry.name, mode)
+    return model
 
 
 def _pretrained_source(name: str, pretrained, overlay: dict | None) -> str | Path | None:
@@ -235,11 +254,9 @@ def load_pretrained_into(model: nn.Module, ckpt: Pretrained) -> None:
         for k in reset:
             del state[k]
     if new:
+        head = f"a new head for {num_classes} classes" if num_classes > 0 else "a new head"
         log.warning(
-            "%s has no classifier (%s): a new head for %d classes is initialised (train it before use)",
-            ckpt.source,
-            ", ".join(new),
-            num_classes,
+            "%s has no classifier (%s): %s is initialised (train it before use)", ckpt.source, ", ".join(new), head
         )
     model.load_state_dict(state, strict=False)
 

@@ -7,6 +7,7 @@ with `notrace`, which the tracer records as opaque calls (timm's `register_notra
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import torch
@@ -60,7 +61,8 @@ def symbolic_trace(model: nn.Module) -> fx.GraphModule:
     tracer = _Tracer()
     graph = tracer.trace(model)
     name = getattr(model, "model_name", type(model).__name__)
-    return fx.GraphModule(tracer.root, graph, name)
+    # the class name of the generated module: an identifier (timm's tagged names, `vit_small_patch16_224.dino`)
+    return fx.GraphModule(tracer.root, graph, re.sub(r"\W", "_", name))
 
 
 def create_fx_model(model: nn.Module, train: bool = False) -> fx.GraphModule:

@@ -34,7 +34,11 @@ def model_stats(name: str, img_size: int | None = None, flops: bool = True, **ov
     total = 0
     if flops and hasattr(cfg, "img_size"):  # a detector's FLOPs depend on the image: not counted here
         with torch.device("meta"):
-            inputs = [torch.empty(1, chans, size, size)]
+            # an AST's input is its mel bins x frames, not a square
+            hw = (cfg.num_mel_bins, cfg.max_length) if hasattr(cfg, "num_mel_bins") else (size, size)
+            inputs = [torch.empty(1, chans, *hw)]
+            if hasattr(cfg, "num_frames"):  # a video model: one clip (1, T, C, H, W)
+                inputs = [torch.empty(1, cfg.num_frames, chans, size, size)]
             if hasattr(model, "encode_text"):  # CLIP: one image and one full-context caption
                 inputs.append(torch.zeros(1, cfg.context_length, dtype=torch.long))
         with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -14,6 +14,11 @@ attention-distance
                   right)
 gradcam           Grad-CAM (Selvaraju et al. 2017) of a class on the last feature map of a CNN or the token grid of
                   a ViT, so that the two can be compared on one image
+dino-attention    the last layer's per-head [CLS] attention and the masks keeping 60% of its mass (DINO Fig. 3;
+                  `vitlab.cli.explain_dino`)
+tsne, neighbours, open-set
+                  penultimate features: a t-SNE map, nearest training images, known vs held-out class scores
+                  (cli/explain_features.py)
 mae-reconstruct   a masked autoencoder's original | masked | reconstruction per image (MAE Figs. 2-4;
                   `vitlab.cli.explain_mae`)
 """
@@ -23,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-from vitlab.cli import explain_mae
 
 
 def add_parser(sub, argv: list[str]) -> None:
@@ -80,7 +83,12 @@ def add_parser(sub, argv: list[str]) -> None:
     gc.add_argument("--target", default=None, help="class index or label (default: the top prediction)")
     gc.set_defaults(run=run_gradcam)
 
-    explain_mae.add_parser(kinds)
+    from vitlab.cli import explain_dino, explain_mae
+    from vitlab.cli.explain_features import add_feature_parsers
+
+    explain_dino.add_parser(kinds)  # dino-attention
+    add_feature_parsers(kinds)  # tsne, neighbours, open-set
+    explain_mae.add_parser(kinds)  # mae-reconstruct
 
 
 def _model_args(p, img_size: bool = True) -> None:

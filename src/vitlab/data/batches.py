@@ -77,6 +77,17 @@ class CaptionBatch(Batch):
 
 
 @dataclass(frozen=True)
+class SegmentationBatch(Batch):
+    """Images with a class index per pixel (semantic segmentation)."""
+
+    images: torch.Tensor  # (B, C, H, W)
+    masks: torch.Tensor  # (B, H, W) int64 class per pixel; -1 where unlabelled (ignored by loss and metrics)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass(frozen=True)
 class MultiViewBatch(Batch):
     """Several augmented views of each image (SimCLR's pairs, DINO's global + local crops)."""
 
@@ -85,6 +96,18 @@ class MultiViewBatch(Batch):
 
     def __len__(self) -> int:
         return self.views[0].shape[0]
+
+
+@dataclass(frozen=True)
+class FeatureBatch(Batch):
+    """Labelled images for judging a representation (k-NN, linear probe): a reference set and the queries it judges."""
+
+    images: torch.Tensor  # (B, C, H, W) model inputs, not augmented
+    labels: torch.Tensor  # (B,) int64
+    bank: torch.Tensor  # (B,) bool: True for the reference set (training split) that k-NN votes from and probes fit
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
 
 
 @dataclass(frozen=True)
@@ -147,6 +170,12 @@ def collate_captions(samples: Sequence[tuple], pad_id: int = 0) -> CaptionBatch:
     return CaptionBatch(torch.stack(images), input_ids, attention_mask, labels)
 
 
+def collate_segmentation(samples: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> SegmentationBatch:
+    """[(image (C, H, W), mask (H, W) int64)] -> SegmentationBatch."""
+    images, masks = zip(*samples, strict=True)
+    return SegmentationBatch(torch.stack(images), torch.stack(masks).long())
+
+
 def collate_views(samples: Sequence[tuple[Sequence[torch.Tensor], int | None]]) -> MultiViewBatch:
     """[([view_1, ..., view_V], label or None)] -> MultiViewBatch; every sample must have the same views."""
     V = len(samples[0][0])
@@ -155,6 +184,12 @@ def collate_views(samples: Sequence[tuple[Sequence[torch.Tensor], int | None]]) 
     views = [torch.stack([s[0][v] for s in samples]) for v in range(V)]  # V x (B, C, h, w)
     labels = [label for _, label in samples]
     return MultiViewBatch(views, None if labels[0] is None else _labels(labels))
+
+
+def collate_features(samples: Sequence[tuple[torch.Tensor, int, bool]]) -> FeatureBatch:
+    """[(image (C, H, W), label, in the reference set)] -> FeatureBatch."""
+    images, labels, bank = zip(*samples, strict=True)
+    return FeatureBatch(torch.stack(images), _labels(labels), torch.as_tensor(bank, dtype=torch.bool))
 
 
 def collate_clips(samples: Sequence[tuple[torch.Tensor, int]]) -> ClipBatch:

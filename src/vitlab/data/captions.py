@@ -74,6 +74,7 @@ class CaptionSet(Dataset):
     held_out: list[str] = field(default_factory=list)
     templates: tuple[str, ...] = ("{}",)  # prompt templates for the zero-shot class names
     source: str = ""
+    masks: torch.Tensor | None = None  # (N, H, W) bool: the described object's pixels (the generated set)
 
     def __post_init__(self) -> None:
         n = len(self.images) if self.images is not None else len(self.paths or [])
@@ -95,6 +96,7 @@ class CaptionSet(Dataset):
             None if self.paths is None else [self.paths[i] for i in idx],
             None if self.labels is None else [self.labels[i] for i in idx],
             self.classes, self.held_out, self.templates, self.source,
+            None if self.masks is None else self.masks[torch.as_tensor(idx, dtype=torch.long)],
         )  # fmt: skip
 
 
@@ -184,8 +186,10 @@ def combo_classes() -> list[str]:
     return [f"{c} {s}" for c in COLOURS for s in SHAPE_CLASSES]
 
 
-def _draw(rng: np.random.Generator, side: int, colour: str, shape: str, size: str, place: str) -> np.ndarray:
-    """(3, side, side) uint8: a grey noisy background with one shape in the named place."""
+def _draw(
+    rng: np.random.Generator, side: int, colour: str, shape: str, size: str, place: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(3, side, side) uint8: a grey noisy background with one shape in the named place, and its (side, side) mask."""
     bg = rng.integers(70, 150)
     img = np.clip(bg + rng.normal(0, 12, (side, side, 3)), 0, 255)
     s = int(round(rng.uniform(*SIZES[size]) * side))
@@ -202,7 +206,7 @@ def _draw(rng: np.random.Generator, side: int, colour: str, shape: str, size: st
     mask = shape_mask(SHAPE_CLASSES.index(shape), (side, side), (x0, y0, x0 + s - 1, y0 + s - 1))
     rgb = np.clip(np.array(COLOURS[colour]) + rng.normal(0, 12, 3), 0, 255)
     img[mask] = rgb
-    return img.astype(np.uint8).transpose(2, 0, 1)
+    return img.astype(np.uint8).transpose(2, 0, 1), mask
 
 
 def generated_captions(n: int, seed: int, train: bool, side: int = 32) -> CaptionSet:
@@ -215,14 +219,16 @@ def generated_captions(n: int, seed: int, train: bool, side: int = 32) -> Captio
     combos = [pool[i % len(pool)] for i in range(n)]
     rng.shuffle(combos)
     images = np.empty((n, 3, side, side), dtype=np.uint8)
+    masks = np.empty((n, side, side), dtype=bool)
     captions, labels = [], []
     for i, combo in enumerate(combos):
         colour, shape = combo.split(" ")
         size, place = rng.choice(list(SIZES)), rng.choice(list(PLACES))
-        images[i] = _draw(rng, side, colour, shape, size, place)
+        images[i], masks[i] = _draw(rng, side, colour, shape, size, place)
         captions.append(f"a {size} {colour} {shape} {PLACES[place]}")
         labels.append(classes.index(combo))
     return CaptionSet(
         captions, torch.from_numpy(images), labels=labels, classes=classes, held_out=held,
         templates=ZERO_SHOT_TEMPLATES, source="captions/" + ("train" if train else "val"),
+        masks=torch.from_numpy(masks),
     )  # fmt: skip

@@ -206,13 +206,27 @@ def xyxy_to_normalised_cxcywh(boxes: torch.Tensor, H: int, W: int) -> torch.Tens
     return torch.stack(((x0 + x1) / 2 / W, (y0 + y1) / 2 / H, (x1 - x0) / W, (y1 - y0) / H), dim=-1)
 
 
+def crop_box(img: torch.Tensor, target: dict, top: int, left: int, h: int, w: int) -> tuple[torch.Tensor, dict]:
+    """The (h, w) window at (top, left) of a (C, H, W) image, with its absolute xyxy boxes moved into the window,
+    cut at its edges, and dropped (with their labels) where nothing of them is left inside, as DETR's crop."""
+    boxes = target["boxes"] - torch.tensor([left, top, left, top], dtype=target["boxes"].dtype)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    cropped = {**target, "boxes": boxes[keep], "labels": target["labels"][keep]}
+    return img[:, top : top + h, left : left + w], cropped
+
+
 @dataclass
 class DetectionTransform:
     """uint8 (C, H, W) + target -> normalised float image + target with normalised cxcywh boxes.
 
     `min_size`: the shorter side is resized to it (None keeps the image's own size), the longer side capped at
-    `max_size` (DETR: 800 / 1333). Training adds DETR's horizontal flip and a random rescale of the shorter side
-    by a factor in `scale_jitter`. Boxes are fractions of the image, so a resize leaves them as they are.
+    `max_size` (DETR: 800 / 1333). Training adds DETR's horizontal flip, a random rescale of the shorter side
+    by a factor in `scale_jitter` and, with probability `crop_prob`, DETR's random crop first (`crop_box`): each
+    side keeps a random fraction in `crop_scale` of its length (DETR crops 384-600 px out of images resized to
+    400-600, about 0.64-1 of a side), boxes are cut to the crop and those left with no area dropped. Boxes are
+    fractions of the image, so a resize leaves them as they are.
     """
 
     in_chans: int
@@ -223,6 +237,8 @@ class DetectionTransform:
     train: bool = False
     hflip: bool = True
     scale_jitter: tuple[float, float] = (0.8, 1.2)
+    crop_prob: float = 0.5
+    crop_scale: tuple[float, float] = (0.64, 1.0)
 
     def __post_init__(self) -> None:
         if len(self.mean) != self.in_chans:
@@ -242,6 +258,12 @@ class DetectionTransform:
         return max(1, round(H * scale)), max(1, round(W * scale))
 
     def __call__(self, img: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        if self.train and self.crop_prob > 0 and torch.rand(()) < self.crop_prob:
+            H, W = img.shape[-2:]
+            lo, hi = self.crop_scale
+            h, w = (max(1, round(n * (lo + (hi - lo) * torch.rand(()).item()))) for n in (H, W))
+            top, left = (int(torch.randint(0, n - m + 1, ()).item()) for n, m in ((H, h), (W, w)))
+            img, target = crop_box(img, target, top, left, h, w)
         x = match_channels(img.float() / 255.0, self.in_chans)
         H, W = x.shape[-2:]
         boxes = xyxy_to_normalised_cxcywh(target["boxes"], H, W)

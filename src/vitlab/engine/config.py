@@ -41,7 +41,8 @@ class TrainConfig:
     model: str | None = _f(None, "registered model name (`vitlab models` lists them); default the task's: "
                                  "vit_micro_patch4_8, detection: detr_tiny")  # fmt: skip
     data: str | None = _f(None, "data spec (default: the task's embedded set, digits; detection: shapes): digits | "
-                                "cifar10:DIR | cifar100:DIR | mnist:DIR | an ImageFolder DIR | coco:ROOT")  # fmt: skip
+                                "mnist5k | cifar10:DIR | cifar100:DIR | mnist:DIR | an ImageFolder DIR | "
+                                "coco:ROOT")  # fmt: skip
     out: str = _f("runs/train", "run directory: config, metrics, checkpoints, report")
     epochs: int | None = _run("training epochs")
     batch_size: int | None = _run("images per batch")
@@ -69,6 +70,7 @@ class TrainConfig:
     device: str = _f("auto", "auto | cpu | cuda")
     test_fraction: float = _f(0.2, "held-out share for data sets without their own test split")
     stop_after: int | None = _f(None, "stop after N epochs in this invocation; --resume continues")
+    eval_every: int = _f(1, "evaluate on the test split every N epochs and after the last (k-NN, probes are slow)")
     task_cfg: object = field(default=None, metadata={"cli": False})  # the task's config; None = its defaults
 
     def __post_init__(self) -> None:
@@ -101,7 +103,7 @@ class TrainConfig:
             raise ConfigError(f"--ema-decay must be in (0, 1), got {self.ema_decay}")
         if self.drop_path is not None and not 0 <= self.drop_path < 1:
             raise ConfigError(f"--drop-path must be in [0, 1), got {self.drop_path}")
-        for name in ("img_size", "stop_after"):
+        for name in ("img_size", "stop_after", "eval_every"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{flag(name)} must be >= 1, got {v}")

@@ -8,7 +8,6 @@ with the Agg canvas, so writing a report changes no process-wide matplotlib stat
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,17 +67,28 @@ def table(header: tuple[str, str], rows: list[tuple]) -> list[str]:
     return [f"| {header[0]} | {header[1]} |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)]
 
 
-def curves_section(metrics: list[dict], primary: str, primary_label: str) -> Section:
-    """Loss (train and test) and the primary metric per epoch; the EMA model's metric where it was kept."""
+def curves_section(
+    metrics: list[dict], primary: str, primary_label: str, extra: dict[str, str] | None = None
+) -> Section:
+    """Loss (train and test) and the primary metric per epoch; the EMA model's metric where it was kept; `extra`
+    metrics (name -> label) beside the primary. Test metrics evaluated every few epochs (--eval-every) are drawn at
+    the epochs that have them, with markers."""
     fig = new_figure(10, 3.8)
     ax_loss, ax_metric = fig.subplots(1, 2)
-    epochs = [m["epoch"] for m in metrics]
-    ax_loss.plot(epochs, [m["train_loss"] for m in metrics], label="train")
-    ax_loss.plot(epochs, [m.get("val_loss", math.nan) for m in metrics], label="test")
+
+    def plot(ax, key: str, label: str) -> None:
+        rows = [m for m in metrics if key in m]
+        if rows:
+            marker = "o" if len(rows) < len(metrics) else None
+            ax.plot([m["epoch"] for m in rows], [m[key] for m in rows], marker=marker, ms=3, label=label)
+
+    plot(ax_loss, "train_loss", "train")
+    plot(ax_loss, "val_loss", "test")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    for key, label in ((f"train_{primary}", "train"), (f"val_{primary}", "test"), (f"val_{primary}_ema", "test (EMA)")):
-        if any(key in m for m in metrics):
-            ax_metric.plot(epochs, [m.get(key, math.nan) for m in metrics], label=label)
+    curves = [(f"train_{primary}", "train"), (f"val_{primary}", "test"), (f"val_{primary}_ema", "test (EMA)")]
+    curves += [(f"val_{k}", f"test {label}") for k, label in (extra or {}).items()]
+    for key, label in curves:
+        plot(ax_metric, key, label)
     ax_metric.set(xlabel="epoch", ylabel=primary_label, title=primary_label)
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)

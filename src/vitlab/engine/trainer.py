@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 # Fields a resumed run may change; everything else comes from the run's config.json.
 # What --resume takes from this invocation; every other field is the saved run's. `out` too: a copied run directory
 # continues where it now is. A field given with another value than the saved one is refused (`changed_on_resume`).
-RESUME_MUTABLE = {"resume", "stop_after", "workers", "device", "fsdp", "overwrite", "out"}  # checkpoints ignore fsdp
+RESUME_MUTABLE = {"resume", "stop_after", "workers", "device", "fsdp", "overwrite", "out", "eval_every"}  # not fsdp
 
 
 @dataclass
@@ -224,6 +224,7 @@ def build_model(cfg: TrainConfig, task: Task, splits: DataSplits, device: torch.
     model = create_model(cfg.model, pretrained=cfg.pretrained, img_size=cfg.img_size, **overrides)
     task.prepare_model(model, cfg.task_cfg)
     model.set_grad_checkpointing(cfg.grad_checkpointing)
+    model = task.wrap_model(model, cfg.task_cfg)
     model.to(device)
     if cfg.fsdp:  # before the optimizer, which must see the sharded parameters
         units = shard_model(model, device)
@@ -352,21 +353,23 @@ def fit(run: Run, start_epoch: int, best: dict | None) -> EvalResult | None:
         if cfg.freeze_backbone:
             set_backbone_trainable(run.model, cfg.unfreeze_epoch is not None and epoch >= cfg.unfreeze_epoch)
         row = {"epoch": epoch, **train_one_epoch(run, epoch, rng)}
-        result = evaluate(run.model, run.test_loader, run.evaluator, run.device, cfg.bf16)
-        row.update({f"val_{k}": v for k, v in result.metrics.items()})
-        primary = run.evaluator.primary
-        if run.ema is not None:
-            ema_result = evaluate(run.ema.module, run.test_loader, run.evaluator, run.device, cfg.bf16)
-            row[f"val_{primary}_ema"] = ema_result.metrics[primary]
-        improved = run.evaluator.better(result.metrics[primary], None if best is None else best["value"])
-        if improved:
-            best = {"epoch": epoch, "metric": primary, "value": result.metrics[primary]}
+        improved = False
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:  # epochs between have no val_ metrics
+            result = evaluate(run.model, run.test_loader, run.evaluator, run.device, cfg.bf16)
+            row.update({f"val_{k}": v for k, v in result.metrics.items()})
+            primary = run.evaluator.primary
+            if run.ema is not None:
+                ema_result = evaluate(run.ema.module, run.test_loader, run.evaluator, run.device, cfg.bf16)
+                row[f"val_{primary}_ema"] = ema_result.metrics[primary]
+            improved = run.evaluator.better(result.metrics[primary], None if best is None else best["value"])
+            if improved:
+                best = {"epoch": epoch, "metric": primary, "value": result.metrics[primary]}
         save_epoch(run, epoch, row, best, improved)
         log.info("epoch %d/%d  %s", epoch, cfg.epochs, _epoch_line(row))
         if cfg.stop_after is not None and epochs_run >= cfg.stop_after and epoch < cfg.epochs:
             log.info("stopping after %d epoch(s) as asked; continue with --resume", epochs_run)
             return None
-    if result is None:  # resumed a run that had already finished (every rank: a sharded model needs them all)
+    if result is None:  # resumed a run that had already finished, or stopped between evaluations (every rank)
         result = evaluate(run.model, run.test_loader, run.evaluator, run.device, cfg.bf16)
     return result
 
@@ -376,7 +379,8 @@ def _epoch_line(row: dict) -> str:
     aux = re.compile(r"_\d+$")
     train = " ".join(f"{k[6:]} {v:.4f}" for k, v in row.items() if k.startswith("train_") and not aux.search(k))
     test = " ".join(f"{k[4:]} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
-    return f"train {train}  test {test}  {row['img_per_s']:.0f} samples/s"
+    test = f"test {test}  " if test else ""  # --eval-every: an epoch without evaluation
+    return f"train {train}  {test}{row['img_per_s']:.0f} samples/s"
 
 
 def save_epoch(run: Run, epoch: int, row: dict, best: dict | None, improved: bool) -> None:
@@ -417,6 +421,7 @@ def train_one_epoch(run: Run, epoch: int, rng: np.random.Generator) -> dict:
                disable=True if not ctx.is_main else None)  # fmt: skip
     run.optimizer.zero_grad(set_to_none=True)
     n_batches = len(run.train_loader)
+    method.start_epoch(epoch, cfg.epochs, math.ceil(n_batches / cfg.accum_steps))
     for i, batch in enumerate(bar):
         batch = method.augment(batch.to(device), rng)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
@@ -452,9 +457,11 @@ def train_one_epoch(run: Run, epoch: int, rng: np.random.Generator) -> dict:
 def optimizer_step(run: Run) -> None:
     if run.cfg.clip_grad:
         nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad)
+    run.method.before_optimizer_step(run.model)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
     run.scheduler.step()
+    run.method.after_optimizer_step(run.model)
     if run.ema is not None:
         run.ema.update(run.model)
 
@@ -472,7 +479,8 @@ def finish(run: Run, result: EvalResult, t_start: float) -> TrainResult:
     if run.ema is not None:
         ema_value = evaluate(run.ema.module, run.test_loader, evaluator, run.device, cfg.bf16).metrics[primary]
         summary.append((f"{evaluator.label(primary)} (EMA weights)", f"{ema_value:.4f}"))
-    best = max(metrics, key=lambda m: m[f"val_{primary}"] * (1 if evaluator.higher_is_better else -1), default=None)
+    scored = [m for m in metrics if f"val_{primary}" in m]  # --eval-every: the evaluated epochs
+    best = max(scored, key=lambda m: m[f"val_{primary}"] * (1 if evaluator.higher_is_better else -1), default=None)
     if best is not None:
         summary.append((f"best {evaluator.label(primary)} ({BEST_FILE})", f"{best[f'val_{primary}']:.4f} "
                         f"at epoch {best['epoch']}"))  # fmt: skip
@@ -483,8 +491,14 @@ def finish(run: Run, result: EvalResult, t_start: float) -> TrainResult:
         ("wall time (this invocation)", f"{seconds:.1f} s"),
     ]
     sections = [
-        curves_section(metrics, primary, evaluator.label(primary)),
+        curves_section(
+            metrics,
+            primary,
+            evaluator.label(primary),
+            {k: evaluator.label(k) for k in getattr(evaluator, "curve_metrics", ())},
+        ),  # fmt: skip
         *run.task.report_sections(result, run.splits),
+        *run.task.history_sections(metrics),
     ]
     title = f"Run report: {cfg.model} on {cfg.data} ({run.task.name})"
     write_report(out, title, summary, sections, json.loads(_config_json(cfg)))

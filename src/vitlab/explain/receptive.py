@@ -133,6 +133,13 @@ def receptive_fields(model: nn.Module) -> list[LayerField]:
         merged = max(inputs, key=lambda f: f.size)
         if node.op == "call_module":
             m = modules[node.target]
+            if hasattr(m, "receptive_steps"):  # a leaf layer that says its own geometry (local self-attention)
+                f = merged
+                for suffix, kind, k, s, p, d in m.receptive_steps():
+                    f = f.after(k, s, p, d)
+                    out.append(LayerField(node.target + suffix, kind, k, s, p, d, f.size, f.jump, f.start))
+                field[node] = f
+                continue
             geo = _geometry(m, node.target)
             if geo is not None:
                 kind, k, s, p, d = geo

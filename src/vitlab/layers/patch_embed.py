@@ -45,3 +45,24 @@ def check_patch_input(x: torch.Tensor, in_chans: int, patch_size: int, img_size:
             f"expected {img_size}x{img_size} images, got {H}x{W} "
             f"(create the model with img_size={x.shape[-1]} to resample its position embedding)"
         )
+
+
+class TubeletEmbed(nn.Module):
+    """Video to tubelet tokens: a Conv3d with kernel = stride = (t, p, p) (ViViT, arXiv 2103.15691, sec. 3.2, Fig. 3).
+
+    Shapes: clips (B, T, C, H, W) (frames first, as transformers' video models take them) -> (B, T'*Hp*Wp, D) with
+    T' = T / t, tokens ordered time-major (index t'*Hp*Wp + h*Wp + w). t = 1 is ViT's patch embedding per frame.
+    """
+
+    def __init__(self, img_size: int, patch_size: int, tubelet_t: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        if img_size % patch_size != 0:
+            raise ValueError(f"img_size={img_size} is not a multiple of patch_size={patch_size}")
+        self.img_size, self.patch_size, self.tubelet_t, self.in_chans = img_size, patch_size, tubelet_t, in_chans
+        self.grid_size = img_size // patch_size
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=(tubelet_t, patch_size, patch_size),
+                              stride=(tubelet_t, patch_size, patch_size))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x.transpose(1, 2))  # (B, C, T, H, W) -> (B, D, T', Hp, Wp)
+        return x.flatten(2).transpose(1, 2)  # (B, T'*Hp*Wp, D)

@@ -3,6 +3,7 @@
 from vitlab.losses.classification import cross_entropy, multilabel_bce, one_hot_smooth, soft_target_cross_entropy
 from vitlab.losses.contrastive import clip_loss, siglip_loss
 from vitlab.losses.distillation import distillation_kd, distillation_loss
+from vitlab.losses.selfsup import nt_xent_loss, supcon_loss, triplet_batch_hard_loss
 
 __all__ = [
     "clip_loss",
@@ -10,7 +11,10 @@ __all__ = [
     "distillation_kd",
     "distillation_loss",
     "multilabel_bce",
+    "nt_xent_loss",
     "one_hot_smooth",
     "siglip_loss",
     "soft_target_cross_entropy",
+    "supcon_loss",
+    "triplet_batch_hard_loss",
 ]

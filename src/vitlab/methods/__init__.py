@@ -5,6 +5,7 @@ from vitlab.methods.detr import SetPrediction
 from vitlab.methods.distill import Distillation
 from vitlab.methods.mae import MaskedImageModelling
 from vitlab.methods.multilabel import MultiLabel
+from vitlab.methods.simclr import SimCLR, SupervisedContrastive
 from vitlab.methods.supervised import Supervised
 
 __all__ = [
@@ -13,7 +14,9 @@ __all__ = [
     "Method",
     "MultiLabel",
     "SetPrediction",
+    "SimCLR",
     "StepOutput",
     "Supervised",
+    "SupervisedContrastive",
     "weighted_loss",
 ]

@@ -30,6 +30,17 @@ class Method:
         """The module `step` calls in training (DDP wraps this one, so every forward it runs syncs gradients)."""
         return model
 
+    def start_epoch(self, epoch: int, epochs: int, steps_per_epoch: int) -> None:
+        """Called before each training epoch (1-based) with the optimizer steps it takes: per-step schedules that
+        live in the method (DINO's teacher momentum and temperature) derive their position from it, so a resumed run
+        continues them exactly."""
+
+    def before_optimizer_step(self, model: nn.Module) -> None:
+        """Called after the gradients are complete (clipped, all-reduced) and before the optimizer applies them."""
+
+    def after_optimizer_step(self, model: nn.Module) -> None:
+        """Called after each optimizer step (DINO's EMA teacher follows the student here)."""
+
     def augment(self, batch, rng: np.random.Generator):
         """Batch-level augmentation applied before `step` in training (mixup, cutmix); the identity by default."""
         return batch

@@ -1,12 +1,17 @@
 """Vision Transformer and DeiT.
 
 Papers: "An Image is Worth 16x16 Words" (Dosovitskiy et al., arXiv 2010.11929) and "Training data-efficient image
-transformers & distillation through attention" (Touvron et al., arXiv 2012.12877).
+transformers & distillation through attention" (Touvron et al., arXiv 2012.12877); the self-supervised checkpoints'
+architectures: DINO (Caron et al., arXiv 2104.14294: a plain ViT), DINOv2 (Oquab et al., arXiv 2304.07193: patch 14,
+LayerScale, a 518x518 position table resized to each input, SwiGLU in ViT-g) and its register tokens (Darcet et al.,
+"Vision Transformers Need Registers", arXiv 2309.16588).
 
 Differences from the reference code: parameter names follow timm's (so timm state dicts load unchanged and the
 Hugging Face converter in `vitlab.weights.hf` is a renaming); attention runs through SDPA and returns probabilities
 only for the layers `vitlab.explain` asks for; the class token is initialised to zeros and the head to zeros as
-in the official JAX code (timm uses a small normal for the token).
+in the official JAX code (timm uses a small normal for the token). DINOv2's table is resized with transformers'
+rule (bicubic to the exact grid; antialiased for the register models), not the official repository's
+`scale_factor` with a 0.1 offset, so outputs equal transformers' `Dinov2Model` / `Dinov2WithRegistersModel`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitlab.fx import notrace
-from vitlab.layers import Attention, DropPath, Mlp, PatchEmbed, resample_pos_embed, sincos_pos_embed_2d
+from vitlab.layers import (
+    Attention,
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    SwiGLU,
+    resample_pos_embed,
+    sincos_pos_embed_2d,
+    swiglu_hidden,
+)
 from vitlab.models.base import (
     HALF,
     IMAGENET_MEAN,
@@ -52,7 +66,15 @@ class ViTConfig(ImageModelConfig):
     pos_embed: str = "learned"  # "learned" 1-D table (ViT), fixed 2-D "sincos" (MAE, big_vision), "none" (CPVT)
     # any multiple of the patch size, the position table resized (bicubic) to each input's grid (timm's name)
     dynamic_img_size: bool = False
+    # resize the table with an antialiasing filter when shrinking it (DINOv2 with registers, as transformers does)
+    pos_embed_antialias: bool = False
     norm_eps: float = 1e-6  # LayerNorm epsilon: 1e-6 in JAX/timm, 1e-12 in HF transformers' configs
+    init_values: float | None = None  # LayerScale (CaiT, DINOv2: 1e-5): per-channel residual scales; None: off
+    reg_tokens: int = 0  # register tokens after the class token, without position (Darcet et al.; DINOv2: 4)
+    # DINOv2's masked-patch token (its iBOT loss): kept so its checkpoints load and count as transformers' do;
+    # forward never uses it, so it is created frozen (no gradient, no DDP bucket)
+    mask_token: bool = False
+    mlp_layer: str = "mlp"  # "mlp" (Linear-GELU-Linear) or "swiglu" (DINOv2 ViT-g, width 2/3 of mlp_ratio * D)
     drop_rate: float = 0.0  # dropout after position embedding, in MLPs and before the head
     attn_drop_rate: float = 0.0  # dropout on attention probabilities
     drop_path_rate: float = 0.0  # stochastic depth, linearly increasing over blocks (DeiT recipe: 0.1)
@@ -71,37 +93,77 @@ class ViTConfig(ImageModelConfig):
             raise ValueError("distilled=True needs class_token=True")
         if self.fc_norm is None:
             object.__setattr__(self, "fc_norm", self.global_pool == "avg")
+        if self.mlp_layer not in ("mlp", "swiglu"):
+            raise ValueError(f"mlp_layer must be 'mlp' or 'swiglu', got {self.mlp_layer!r}")
+        if not (isinstance(self.reg_tokens, int) and self.reg_tokens >= 0):
+            raise ValueError(f"reg_tokens must be an integer >= 0, got {self.reg_tokens!r}")
 
     def test_overrides(self) -> dict:
-        return dict(depth=2, img_size=self.patch_size * 3, drop_path_rate=0.0)
+        # the frozen mask token has no gradient by design; the contract's "backward reaches every parameter" is
+        # about the trained ones
+        return dict(depth=2, img_size=self.patch_size * 3, drop_path_rate=0.0, mask_token=False)
 
 
 @notrace  # the resize depends on the input size
-def pos_embed_for_grid(pos: torch.Tensor, own: int, grid: tuple[int, int], num_prefix: int) -> torch.Tensor:
-    """The (1, prefix + own*own, D) table bicubically resized to `grid` (dynamic_img_size); as it is on its own grid."""
+def pos_embed_for_grid(
+    pos: torch.Tensor, own: int, grid: tuple[int, int], num_prefix: int, antialias: bool = False
+) -> torch.Tensor:
+    """The (1, prefix + own*own, D) table bicubically resized to `grid` (dynamic_img_size); as it is on its own grid.
+
+    Resized in float32 whatever the table's dtype (as transformers' DINOv2), then cast back.
+    """
     if grid[0] == own and grid[1] == own:
         return pos
     table = pos[:, num_prefix:].reshape(1, own, own, -1).permute(0, 3, 1, 2)  # (1, D, own, own)
-    table = F.interpolate(table, size=grid, mode="bicubic", align_corners=False)
-    return torch.cat([pos[:, :num_prefix], table.flatten(2).transpose(1, 2)], dim=1)  # (1, prefix + Hp*Wp, D)
+    table = F.interpolate(table.float(), size=grid, mode="bicubic", align_corners=False, antialias=antialias)
+    table = table.to(pos.dtype).flatten(2).transpose(1, 2)  # (1, Hp*Wp, D)
+    return torch.cat([pos[:, :num_prefix], table], dim=1)  # (1, prefix + Hp*Wp, D)
+
+
+class PosEmbedResize(nn.Module):
+    """`pos_embed_for_grid` as a module: its forward lives in this file, so torch.fx's tracer has wrapped the function
+    (it patches the globals of each module's file as the module is called) before the model's forward reaches it."""
+
+    def __init__(self, own: int, num_prefix: int, antialias: bool) -> None:
+        super().__init__()
+        self.own, self.num_prefix, self.antialias = own, num_prefix, antialias
+
+    def forward(self, pos: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        return pos_embed_for_grid(pos, self.own, grid, self.num_prefix, self.antialias)
+
+
+class LayerScale(nn.Module):
+    """x * gamma, one learned scale per channel (CaiT, arXiv 2103.17239, sec. 2.1; timm's and DINOv2's `gamma`)."""
+
+    def __init__(self, dim: int, init_values: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+    """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)); each branch LayerScaled where configured."""
 
     def __init__(self, cfg: ViTConfig, drop_path: float) -> None:
         super().__init__()
         D = cfg.embed_dim
         self.norm1 = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.attn = Attention(D, cfg.num_heads, cfg.qkv_bias, cfg.attn_drop_rate, cfg.drop_rate)
+        self.ls1 = LayerScale(D, cfg.init_values) if cfg.init_values is not None else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(D, eps=cfg.norm_eps)
-        self.mlp = Mlp(D, int(D * cfg.mlp_ratio), drop=cfg.drop_rate)
+        if cfg.mlp_layer == "swiglu":
+            self.mlp = SwiGLU(D, swiglu_hidden(D, cfg.mlp_ratio), drop=cfg.drop_rate)
+        else:
+            self.mlp = Mlp(D, int(D * cfg.mlp_ratio), drop=cfg.drop_rate)
+        self.ls2 = LayerScale(D, cfg.init_values) if cfg.init_values is not None else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(self.norm1(x)))
-        return x + self.drop_path2(self.mlp(self.norm2(x)))
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 class VisionTransformer(ModelBase):
@@ -126,22 +188,28 @@ class VisionTransformer(ModelBase):
         self.dynamic_img_size = cfg.dynamic_img_size
         D = cfg.embed_dim
         self.patch_size = cfg.patch_size
-        self.num_prefix_tokens = int(cfg.class_token) + int(cfg.distilled)
+        # the tokens before the patch grid: [cls, dist] carry a position row, registers come after them without one
+        self.num_pos_prefix = int(cfg.class_token) + int(cfg.distilled)
+        self.num_reg_tokens = cfg.reg_tokens
+        self.num_prefix_tokens = self.num_pos_prefix + cfg.reg_tokens
 
         self.patch_embed = self.make_patch_embed(cfg)
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.distilled else None
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, D)) if cfg.reg_tokens else None
+        self.mask_token = nn.Parameter(torch.zeros(1, D), requires_grad=False) if cfg.mask_token else None
         if cfg.pos_embed == "learned":
-            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + num_patches, D))
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_pos_prefix + num_patches, D))
         elif cfg.pos_embed == "none":
             self.pos_embed = None
         else:
             # Fixed table for the patch grid; prefix tokens get no position (as in MAE's zero row).
             table = sincos_pos_embed_2d(self.patch_embed.grid_size, D)
-            table = torch.cat([torch.zeros(self.num_prefix_tokens, D), table])[None]
+            table = torch.cat([torch.zeros(self.num_pos_prefix, D), table])[None]
             self.register_buffer("pos_embed", table, persistent=False)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self.pos_resize = PosEmbedResize(self.patch_embed.grid_size, self.num_pos_prefix, cfg.pos_embed_antialias)
 
         dpr = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.Sequential(*[Block(cfg, dpr[i]) for i in range(cfg.depth)])
@@ -160,6 +228,8 @@ class VisionTransformer(ModelBase):
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.dist_token is not None:
             nn.init.trunc_normal_(self.dist_token, std=0.02)
+        if self.reg_token is not None:
+            nn.init.trunc_normal_(self.reg_token, std=0.02)
         self.apply(_init_linear)
 
     def make_patch_embed(self, cfg: ViTConfig) -> nn.Module:
@@ -172,7 +242,8 @@ class VisionTransformer(ModelBase):
 
     # ----- public API -----------------------------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
-        return {n for n in ("pos_embed", "cls_token", "dist_token") if isinstance(getattr(self, n, None), nn.Parameter)}
+        tokens = ("pos_embed", "cls_token", "dist_token", "reg_token", "mask_token")
+        return {n for n in tokens if isinstance(getattr(self, n, None), nn.Parameter)}
 
     def get_classifier_names(self) -> list[str]:
         """Parameter-name prefixes of the classifier(s): what transfer learning replaces."""
@@ -247,12 +318,15 @@ class VisionTransformer(ModelBase):
         if self.dist_token is not None:
             prefix.append(self.dist_token.expand(B, -1, -1))
         x = torch.cat(prefix + [x], dim=1)  # (B, N, D), order [cls, dist, patches] as in DeiT
-        if self.pos_embed is None:
-            return self.pos_drop(x)
-        pos = self.pos_embed
-        if self.dynamic_img_size:
-            pos = pos_embed_for_grid(pos, self.patch_embed.grid_size, grid, self.num_prefix_tokens)
-        return self.pos_drop(x + pos)
+        if self.pos_embed is not None:
+            pos = self.pos_embed
+            if self.dynamic_img_size:
+                pos = self.pos_resize(pos, grid)
+            x = x + pos
+        if self.reg_token is not None:  # registers after the class token, added after the positions (sec. 2)
+            P = self.num_pos_prefix
+            x = torch.cat([x[:, :P], self.reg_token.expand(B, -1, -1), x[:, P:]], dim=1)  # (B, N + R, D)
+        return self.pos_drop(x)
 
     def _tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(tokens (B, N, D), patch grid (Hp, Wp))."""
@@ -312,7 +386,7 @@ class VisionTransformer(ModelBase):
         own = self.pos_embed
         if isinstance(own, nn.Parameter) and pe is not None and pe.shape != own.shape and pe.shape[-1] == own.shape[-1]:
             g = self.patch_embed.grid_size
-            state = dict(state, pos_embed=resample_pos_embed(pe, (g, g), self.num_prefix_tokens))
+            state = dict(state, pos_embed=resample_pos_embed(pe, (g, g), self.num_pos_prefix))
         return state
 
 
@@ -363,6 +437,31 @@ _VARIANTS: dict[str, dict] = {
     "vit_micro_patch4_16": {**MICRO_DIGITS, "patch_size": 4, "img_size": 16},
     "deit_micro_distilled_patch4_8": dict(**MICRO_DIGITS, patch_size=4, distilled=True),
     "vit_mini_patch4_32": dict(img_size=32, patch_size=4, num_classes=10, embed_dim=192, depth=6, num_heads=3),
+    # DINO (arXiv 2104.14294) backbones under timm's tagged names: plain ViTs without a head, ImageNet statistics;
+    # any multiple of the patch size, as the official code interpolates its table
+    "vit_small_patch16_224.dino": dict(**_S, **_DEIT, patch_size=16, num_classes=0, dynamic_img_size=True),
+    "vit_small_patch8_224.dino": dict(**_S, **_DEIT, patch_size=8, num_classes=0, dynamic_img_size=True),
+    "vit_base_patch16_224.dino": dict(**_B, **_DEIT, patch_size=16, num_classes=0, dynamic_img_size=True),
+    "vit_base_patch8_224.dino": dict(**_B, **_DEIT, patch_size=8, num_classes=0, dynamic_img_size=True),
 }
 
 register_variants(_VARIANTS, family="vit", config_cls=ViTConfig, model_cls=VisionTransformer)
+
+# DINOv2 (arXiv 2304.07193, Table 16 sizes; ViT-g: 1536 wide, 40 blocks, 24 heads, SwiGLU): patch 14, LayerScale
+# 1e-5, the 37x37 table of 518x518 pre-training resized to each input, the frozen mask token, no head (timm's names).
+_DINOV2 = dict(
+    img_size=518, patch_size=14, init_values=1e-5, dynamic_img_size=True, mask_token=True, num_classes=0, **_DEIT
+)
+_G = dict(embed_dim=1536, depth=40, num_heads=24, mlp_layer="swiglu")
+_REG4 = dict(reg_tokens=4, pos_embed_antialias=True)
+DINOV2_VARIANTS: dict[str, dict] = {
+    "vit_small_patch14_dinov2": dict(**_S, **_DINOV2),
+    "vit_base_patch14_dinov2": dict(**_B, **_DINOV2),
+    "vit_large_patch14_dinov2": dict(**_L, **_DINOV2),
+    "vit_giant_patch14_dinov2": dict(**_G, **_DINOV2),
+    "vit_small_patch14_reg4_dinov2": dict(**_S, **_DINOV2, **_REG4),
+    "vit_base_patch14_reg4_dinov2": dict(**_B, **_DINOV2, **_REG4),
+    "vit_large_patch14_reg4_dinov2": dict(**_L, **_DINOV2, **_REG4),
+    "vit_giant_patch14_reg4_dinov2": dict(**_G, **_DINOV2, **_REG4),
+}
+register_variants(DINOV2_VARIANTS, family="dinov2", config_cls=ViTConfig, model_cls=VisionTransformer)

@@ -17,6 +17,7 @@ import torch
 
 from vitlab.errors import CheckpointError
 from vitlab.weights.catalog import find_by_keys, find_by_model_type
+from vitlab.weights.dino import DINO_MODEL_NAME, dino_encoder
 from vitlab.weights.hf import HfConverter
 from vitlab.weights.io import read_metadata, read_tensors, write_tensors
 
@@ -72,6 +73,8 @@ def checkpoint_model_name(src: str | Path) -> str | None:
             conv = _hf_converter(config, path / "config.json")
             return _from_config(conv, path, lambda: conv.model_for(config))[0]
     meta = read_metadata(path)
+    if meta.get("format") == FORMAT_TAG and meta.get("model") == DINO_MODEL_NAME:
+        return read_pretrained(path).model  # the encoder it reads as
     return meta.get("model") if meta.get("format") == FORMAT_TAG else None
 
 
@@ -92,6 +95,9 @@ def read_pretrained(src: str | Path) -> Pretrained:
             arch = json.loads(meta.get("config", "{}"))
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path}: the vitlab metadata's config is not JSON ({e})") from None
+        if meta.get("model") == DINO_MODEL_NAME:  # a DINO run: its teacher encoder
+            state, arch, name = dino_encoder(state, arch, str(path))
+            return Pretrained(state, arch, str(path), "vitlab", model=name)
         return Pretrained(state, arch, str(path), "vitlab", model=meta.get("model"))
     conv = find_by_keys(state)
     if conv is not None:  # a transformers state dict without its config.json: the weights, but no sizes

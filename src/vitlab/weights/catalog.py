@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from vitlab.weights import clip, convnext, cvt, mae, resnet, swin, vit
+from vitlab.weights import ast, clip, convnext, cvt, dinov2, mae, resnet, swin, video, vit
 from vitlab.weights.hf import HfConverter
 
 HF_CONVERTERS: dict[str, HfConverter] = {
+    # first: an AST state dict also holds ViT's marker key (find_by_keys takes the first match)
+    ast.MODEL_TYPE: ast.HF,  # transformers' ASTForAudioClassification
+    # before "vit": a config-less DINOv2 state dict also has ViT's patch-embedding key (find_by_keys takes the first)
+    "dinov2": dinov2.HF,  # transformers' Dinov2Model; by key also facebookresearch/dinov2's register / ViT-g files
+    "dinov2_with_registers": dinov2.HF,
     "vit_mae": mae.HF,  # ViTMAEForPreTraining; before "vit", whose marker key its encoder also has
     "vit": vit.HF,
     "deit": vit.HF,  # the same weights layout; `vit_model_for` picks the distilled variants for it
@@ -20,6 +25,8 @@ HF_CONVERTERS: dict[str, HfConverter] = {
     "convnext": convnext.HF,
     "resnet": resnet.HF,
     "clip": clip.HF,  # transformers' CLIPModel; by key also openai/CLIP's and open_clip's ViT state dicts
+    "vivit": video.VIVIT_HF,  # VivitForVideoClassification / VivitModel
+    "timesformer": video.TIMESFORMER_HF,  # TimesformerForVideoClassification / TimesformerModel
 }
 
 

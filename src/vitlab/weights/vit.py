@@ -119,6 +119,11 @@ VIT_VARIANTS = {  # the base first: it wins ties
     "vit_micro_patch2_8": _v("micro", 2, 8),
     "vit_micro_patch4_8": _v("micro", 4, 8),
     "vit_micro_patch4_16": _v("micro", 4, 16),
+    # DINO's backbones (transformers' ViTModel of facebook/dino-*): the sizes of the plain ones above, which win ties
+    "vit_small_patch16_224.dino": _v("small", 16),
+    "vit_small_patch8_224.dino": _v("small", 8),
+    "vit_base_patch16_224.dino": _v("base", 16),
+    "vit_base_patch8_224.dino": _v("base", 8),
 }
 DEIT_VARIANTS = {  # transformers' DeiT has the distillation token: the distilled variants
     "deit_base_distilled_patch16_224": _v("base", 16, distilled=True),

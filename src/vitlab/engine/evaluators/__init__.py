@@ -3,6 +3,7 @@
 from vitlab.engine.evaluators.base import EvalResult, Evaluator, evaluate
 from vitlab.engine.evaluators.classification import ClassificationEvaluator, ClassificationResult
 from vitlab.engine.evaluators.detection import DetectionEvaluator, DetectionResult
+from vitlab.engine.evaluators.knn import RepresentationEvaluator, RepresentationResult
 from vitlab.engine.evaluators.multilabel import MultiLabelEvaluator, MultiLabelResult
 
 __all__ = [
@@ -14,5 +15,7 @@ __all__ = [
     "Evaluator",
     "MultiLabelEvaluator",
     "MultiLabelResult",
+    "RepresentationEvaluator",
+    "RepresentationResult",
     "evaluate",
 ]

@@ -29,6 +29,7 @@ class Evaluator:
     primary: str = ""  # the metric name that ranks checkpoints
     higher_is_better: bool = True
     metric_labels: dict[str, str] = {}  # display names for plots and tables, e.g. {"acc": "top-1 accuracy"}
+    curve_metrics: tuple[str, ...] = ()  # test metrics drawn beside the primary in the report's training curves
 
     def reset(self) -> None:
         raise NotImplementedError

@@ -38,6 +38,12 @@ def zero_shot_weights(
     return torch.stack(out)
 
 
+def recall_from_hits(hits: torch.Tensor, ks: Sequence[int] = KS) -> dict[int, float]:
+    """Recall@K from hits (Q, K') bool: hits[q, j] says whether query q's (j+1)-th result is relevant, results best
+    first; a query counts at K when any of its first K results is (K' < K: all K' of them)."""
+    return {k: hits[:, :k].any(1).float().mean().item() for k in ks}
+
+
 def retrieval_recall(
     image_embeds: torch.Tensor, text_embeds: torch.Tensor, caption_ids: Sequence[int], ks: Sequence[int] = KS
 ) -> dict[str, float]:
@@ -45,15 +51,12 @@ def retrieval_recall(
     index of each image's caption among them."""
     cap = torch.as_tensor(list(caption_ids), dtype=torch.long)
     N, M = len(image_embeds), len(text_embeds)
-    out = {}
     i2t = image_embeds @ text_embeds.t()  # (N, M)
-    t2i = i2t.t()  # (M, N)
-    for k in ks:
-        top = i2t.topk(min(k, M), dim=1).indices  # (N, k)
-        out[f"i2t_r{k}"] = (top == cap[:, None]).any(1).float().mean().item()
-        top = t2i.topk(min(k, N), dim=1).indices  # (M, k) image indices
-        out[f"t2i_r{k}"] = (cap[top] == torch.arange(M)[:, None]).any(1).float().mean().item()
-    return out
+    top_texts = i2t.topk(min(max(ks), M), dim=1).indices  # (N, k)
+    top_images = i2t.t().topk(min(max(ks), N), dim=1).indices  # (M, k) image indices
+    i2t_r = recall_from_hits(top_texts == cap[:, None], ks)
+    t2i_r = recall_from_hits(cap[top_images] == torch.arange(M)[:, None], ks)
+    return {f"{d}_r{k}": r[k] for k in ks for d, r in (("i2t", i2t_r), ("t2i", t2i_r))}
 
 
 @dataclass

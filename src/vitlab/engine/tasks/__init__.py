@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 
+from vitlab.engine.tasks.audio import AudioConfig, AudioTask
 from vitlab.engine.tasks.base import Task, TaskConfig
 from vitlab.engine.tasks.classification import (
     ClassificationConfig,
@@ -13,14 +14,16 @@ from vitlab.engine.tasks.classification import (
 )
 from vitlab.engine.tasks.clip import ClipTask, ClipTaskConfig
 from vitlab.engine.tasks.detection import DetectionConfig, DetectionTask
+from vitlab.engine.tasks.dino import DinoTask, DinoTaskConfig
+from vitlab.engine.tasks.lseg import LSegTask, LSegTaskConfig
 from vitlab.engine.tasks.mae import MaeTask, MaeTaskConfig
 from vitlab.engine.tasks.multilabel import MultiLabelConfig, MultiLabelTask
+from vitlab.engine.tasks.simclr import SimCLRConfig, SimCLRTask, SupConConfig, SupConTask
 from vitlab.errors import ConfigError
 
-TASKS: dict[str, Task] = {
-    t.name: t
-    for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask(), MaeTask())
-}
+_ALL = (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask(), LSegTask(),
+        SimCLRTask(), SupConTask(), DinoTask(), AudioTask(), MaeTask())  # fmt: skip
+TASKS: dict[str, Task] = {t.name: t for t in _ALL}
 
 
 def get_task(name: str) -> Task:
@@ -33,12 +36,17 @@ def get_task(name: str) -> Task:
 
 __all__ = [
     "TASKS",
+    "AudioConfig",
     "ClassificationConfig",
     "ClipTaskConfig",
     "DetectionConfig",
+    "DinoTaskConfig",
     "DistillationConfig",
+    "LSegTaskConfig",
     "MaeTaskConfig",
     "MultiLabelConfig",
+    "SimCLRConfig",
+    "SupConConfig",
     "Task",
     "TaskConfig",
     "get_task",

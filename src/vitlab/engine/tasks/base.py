@@ -57,6 +57,15 @@ class Task:
     def prepare_model(self, model: nn.Module, tcfg) -> None:
         """Changes to the freshly built model before training (e.g. pretrained backbone weights); none by default."""
 
+    def wrap_model(self, model: nn.Module, tcfg) -> nn.Module:
+        """The module the run trains, saves and evaluates, built around the registered model (DINO: student and
+        teacher with their heads); the model itself by default."""
+        return model
+
+    def history_sections(self, metrics: list[dict]) -> list[Section]:
+        """Report sections drawn from the per-epoch metrics (metrics.jsonl rows); none by default."""
+        return []
+
     def lr_multipliers(self, model: nn.Module, tcfg, lr: float) -> dict[str, float]:
         """Parameter-name prefix -> factor on --lr (DETR's backbone); every parameter at --lr by default."""
         return {}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from vitlab.data import DataSplits, load_data
+from vitlab.data import DataSplits, hold_out_classes, load_data, resolve_classes
 from vitlab.engine.evaluators import ClassificationEvaluator, ClassificationResult
 from vitlab.engine.report import Section, new_figure, table
 from vitlab.engine.tasks.base import ClassifierTask, Task, TaskConfig
@@ -26,6 +26,11 @@ class ClassificationConfig(TaskConfig):
     label_smoothing: float = _f(0.1, "label smoothing of the cross-entropy")
     mixup: float = _f(0.0, "mixup alpha, 0 = off (DeiT: 0.8)")
     cutmix: float = _f(0.0, "cutmix alpha, 0 = off (DeiT: 1.0)")
+    hold_out: str = _f(
+        "",
+        "classes left out of training and the test metrics (comma-separated names or indices, e.g. 8,9), for "
+        "open-set recognition: `vitlab explain open-set` scores them against the known test images",
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.label_smoothing < 1:
@@ -64,6 +69,14 @@ class ClassificationTask(ClassifierTask):
 
     def load_data(self, spec: str, test_fraction: float, tcfg) -> DataSplits:
         splits = load_data(spec, test_fraction)
+        if tcfg.hold_out:
+            held = resolve_classes(tcfg.hold_out, list(splits.classes), f"--hold-out (--data {spec})")
+            splits = hold_out_classes(splits, held)[0]
+            if len(splits.classes) < 2:
+                raise DataError(
+                    f"--hold-out {tcfg.hold_out} leaves {len(splits.classes)} of the classes of --data {spec}; "
+                    "classification needs at least 2"
+                )
         if len(splits.classes) < 2:  # one logit: the softmax is 1 whatever the image, nothing is learned
             raise DataError(
                 f"--data {spec}: classification needs at least 2 classes, found {len(splits.classes)} "

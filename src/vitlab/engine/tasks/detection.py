@@ -43,6 +43,7 @@ class DetectionConfig(TaskConfig):
     min_size: int | None = _f(None, "resize each image's shorter side to this (DETR: 800; default: keep the size)")
     max_size: int | None = _f(None, "cap on the longer side after resizing (DETR: 1333)")
     eos_coef: float = _f(0.1, "cross-entropy weight of the no-object class")
+    crop_prob: float = _f(0.5, "chance of DETR's random crop (boxes cut to it) on a training image; 0 turns it off")
     shapes_train: int = _f(2000, "images in the generated shapes training split (--data shapes)")
     shapes_val: int = _f(200, "images in the generated shapes validation split")
 
@@ -54,6 +55,8 @@ class DetectionConfig(TaskConfig):
                 raise ConfigError(f"{flag} must be >= 16 pixels, got {v}")
         if self.min_size and self.max_size and self.max_size < self.min_size:
             raise ConfigError(f"--max-size ({self.max_size}) must be >= --min-size ({self.min_size})")
+        if not (math.isfinite(self.crop_prob) and 0 <= self.crop_prob <= 1):
+            raise ConfigError(f"--crop-prob must be in [0, 1], got {self.crop_prob}")
         if not (math.isfinite(self.eos_coef) and 0 < self.eos_coef <= 1):
             raise ConfigError(f"--eos-coef must be in (0, 1], got {self.eos_coef}")
         for flag, v in (("--shapes-train", self.shapes_train), ("--shapes-val", self.shapes_val)):
@@ -139,7 +142,7 @@ class DetectionTask(Task):
         kw = dict(in_chans=pc["input_size"][0], mean=pc["mean"], std=pc["std"], min_size=tcfg.min_size,
                   max_size=tcfg.max_size)  # fmt: skip
         return (
-            TransformedDetection(splits.train, DetectionTransform(**kw, train=augment)),
+            TransformedDetection(splits.train, DetectionTransform(**kw, train=augment, crop_prob=tcfg.crop_prob)),
             TransformedDetection(splits.test, DetectionTransform(**kw)),
         )
 
