@@ -99,8 +99,11 @@ def test_classifier_loads_the_encoder_of_an_mae_checkpoint(tmp_path):
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(clf.forward_features(x), mae.encoder.forward_features(x))
-    with pytest.raises(vitlab.errors.CheckpointError, match="does not fit"):
-        vitlab.create_model("vit_mini_patch4_32", pretrained=tmp_path / "mae.safetensors")
+    # as for any checkpoint, its architecture applies first: another ViT name gives the encoder's sizes
+    other = vitlab.create_model("vit_mini_patch4_32", pretrained=tmp_path / "mae.safetensors", num_classes=10)
+    assert other.cfg.embed_dim == 64 and other.cfg.depth == 4
+    with pytest.raises(vitlab.errors.CheckpointError, match="use --model vit_micro_patch4_8"):
+        vitlab.create_model("swin_tiny_patch4_window7_224", pretrained=tmp_path / "mae.safetensors")
 
 
 def test_config_errors_are_clear():

@@ -98,3 +98,17 @@ def test_export_to_transformers_round_trip(tmp_path):
         expected, got = ref(pixel_values=x, noise=noise), ours(x, noise=noise)
     assert torch.equal(got.mask, expected.mask)
     assert (got.pred - expected.logits).abs().max().item() < 1e-4
+
+
+def test_transformers_mae_encoder_loads_into_a_vit(tmp_path):
+    """The fine-tuning path: a ViTMAEForPreTraining directory's encoder as a classifier's trunk equals transformers'
+    encoder on every patch (mask ratio 0 and sorted noise keep every patch in order)."""
+    ref = _hf_mae(mask_ratio=0.0)
+    ref.save_pretrained(tmp_path)
+    vit = vitlab.create_model("vit_base_patch16_224", pretrained=tmp_path, num_classes=3).eval()
+    assert vit.cfg.embed_dim == 32 and vit.cfg.img_size == 16 and vit.num_classes == 3
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = ref.vit(pixel_values=x, noise=torch.arange(16.0).expand(2, 16)).last_hidden_state
+        got = vit.forward_features(x)
+    assert (got - expected).abs().max().item() < 1e-4

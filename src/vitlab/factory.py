@@ -193,9 +193,9 @@ def _from_pretrained(entry: ModelEntry, ckpt: Pretrained, user: dict) -> nn.Modu
     return model
 
 
-# Training settings of a pre-training run's encoder that a fine-tuned model does not inherit (MAE pre-trains without
-# stochastic depth; fine-tuning uses the model's own, or --drop-path).
-_NOT_ARCHITECTURE = ("drop_rate", "attn_drop_rate", "drop_path_rate")
+# What a fine-tuned model does not take from a pre-training run's encoder: its training settings (MAE pre-trains
+# without stochastic depth; fine-tuning uses the model's own, or --drop-path) and its (absent) classifier.
+_NOT_FROM_ENCODER = ("drop_rate", "attn_drop_rate", "drop_path_rate", "num_classes", "labels", "global_pool", "fc_norm")
 
 
 def _encoder_of_pretraining(entry: ModelEntry, ckpt: Pretrained) -> Pretrained:
@@ -209,14 +209,16 @@ def _encoder_of_pretraining(entry: ModelEntry, ckpt: Pretrained) -> Pretrained:
         return ckpt
     if source.kind != "mae":
         return ckpt
-    name, arch = encoder_checkpoint_fields(ckpt.arch)
+    name, fields = encoder_checkpoint_fields(ckpt.arch)
     encoder = get_entry(name)
     if encoder.family != entry.family:
         raise CheckpointError(
             f"{ckpt.source}: the {ckpt.model} checkpoint's encoder is {name} ({encoder.family}); it cannot be loaded "
             f"into {entry.name!r} ({entry.family}): use --model {name}"
         )
-    arch = {k: v for k, v in arch.items() if k not in _NOT_ARCHITECTURE}
+    with torch.device("meta"):  # the encoder's whole config (its variant's sizes + the run's overrides), no weights
+        full = dataclasses.asdict(build_model(encoder, {**fields, "num_classes": 0}).cfg)
+    arch = {k: v for k, v in full.items() if k not in _NOT_FROM_ENCODER}
     state = {k.removeprefix("encoder."): v for k, v in ckpt.state.items() if k.startswith("encoder.")}
     log.info("%s: the encoder (%s) of %s loaded", ckpt.source, name, ckpt.model)
     return dataclasses.replace(ckpt, state=state, arch=arch, family="", model=name, overrides={})

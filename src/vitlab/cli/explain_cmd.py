@@ -19,6 +19,8 @@ dino-attention    the last layer's per-head [CLS] attention and the masks keepin
 tsne, neighbours, open-set
                   penultimate features: a t-SNE map, nearest training images, known vs held-out class scores
                   (cli/explain_features.py)
+mae-reconstruct   a masked autoencoder's original | masked | reconstruction per image (MAE Figs. 2-4;
+                  `vitlab.cli.explain_mae`)
 """
 
 from __future__ import annotations
@@ -81,11 +83,12 @@ def add_parser(sub, argv: list[str]) -> None:
     gc.add_argument("--target", default=None, help="class index or label (default: the top prediction)")
     gc.set_defaults(run=run_gradcam)
 
-    from vitlab.cli import explain_dino
+    from vitlab.cli import explain_dino, explain_mae
     from vitlab.cli.explain_features import add_feature_parsers
 
     explain_dino.add_parser(kinds)  # dino-attention
     add_feature_parsers(kinds)  # tsne, neighbours, open-set
+    explain_mae.add_parser(kinds)  # mae-reconstruct
 
 
 def _model_args(p, img_size: bool = True) -> None:

@@ -40,6 +40,10 @@ def warmup_cosine(total_steps: int, warmup_steps: int, base_lr: float, min_lr: f
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, lr_multipliers: dict | None = None
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    lr_multipliers: dict | None = None,
+    betas: tuple[float, float] = (0.9, 0.999),
 ) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(param_groups(model, weight_decay, lr, lr_multipliers), lr=lr, betas=(0.9, 0.999))
+    return torch.optim.AdamW(param_groups(model, weight_decay, lr, lr_multipliers), lr=lr, betas=betas)

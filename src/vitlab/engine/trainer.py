@@ -202,7 +202,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
             )
         cfg = dataclasses.replace(saved_cfg, **{k: getattr(cfg, k) for k in RESUME_MUTABLE})
     task = get_task(cfg.task)
-    cfg = resolve_run_defaults(cfg, task.run_defaults)  # a resumed run's saved values are all set already
+    cfg = resolve_run_defaults(cfg, task.run_defaults_for(cfg))  # a resumed run's saved values are all set already
     tcfg = task.config_cls() if cfg.task_cfg is None else cfg.task_cfg
     if not isinstance(tcfg, task.config_cls):
         raise ConfigError(f"task_cfg is a {type(tcfg).__name__}; --task {task.name} takes a {task.config_cls.__name__}")
@@ -266,7 +266,9 @@ def build_run(cfg: TrainConfig, ctx: DistContext) -> Run:
     model = build_model(cfg, task, splits, device, ctx)
     train_loader, test_loader, sampler, loader_gen = build_loaders(cfg, task, splits, model, ctx)
     method = task.build_method(cfg.task_cfg, splits, device)
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, task.lr_multipliers(model, cfg.task_cfg, cfg.lr))
+    optimizer = build_optimizer(
+        model, cfg.lr, cfg.weight_decay, task.lr_multipliers(model, cfg.task_cfg, cfg.lr), betas=task.adam_betas
+    )
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accum_steps)
     schedule = warmup_cosine(steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch), cfg.lr, cfg.min_lr)
     # The method's step calls the DDP wrapper (gradients averaged across ranks); the bare model is saved and

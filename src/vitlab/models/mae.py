@@ -83,9 +83,6 @@ class MaeConfig:
                 f"{self.decoder_num_heads}"
             )
 
-    def test_overrides(self) -> dict:
-        return dict(decoder_depth=1)
-
 
 class MaskedAutoencoder(nn.Module):
     """MAE in data-flow order: patchify -> random masking -> encoder -> decoder (the loss is `losses.mae`)."""

@@ -170,6 +170,8 @@ class VisionTransformer(ModelBase):
     """ViT / DeiT.
 
     Shapes: images (B, C, H, W) -> tokens (B, N, D) with N = prefix + Hp*Wp -> logits (B, num_classes).
+    Token-level entry (masked image modelling): `embed_patches(images)` -> (B, Hp*Wp, D) with positions, then
+    `forward_tokens(tokens, keep_index)` encodes the kept ones behind the prefix tokens (MAE's encoder).
     """
 
     global_pools = ("token", "avg")

@@ -16,12 +16,13 @@ from vitlab.engine.tasks.clip import ClipTask, ClipTaskConfig
 from vitlab.engine.tasks.detection import DetectionConfig, DetectionTask
 from vitlab.engine.tasks.dino import DinoTask, DinoTaskConfig
 from vitlab.engine.tasks.lseg import LSegTask, LSegTaskConfig
+from vitlab.engine.tasks.mae import MaeTask, MaeTaskConfig
 from vitlab.engine.tasks.multilabel import MultiLabelConfig, MultiLabelTask
 from vitlab.engine.tasks.simclr import SimCLRConfig, SimCLRTask, SupConConfig, SupConTask
 from vitlab.errors import ConfigError
 
 _ALL = (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask(), LSegTask(),
-        SimCLRTask(), SupConTask(), DinoTask(), AudioTask())  # fmt: skip
+        SimCLRTask(), SupConTask(), DinoTask(), AudioTask(), MaeTask())  # fmt: skip
 TASKS: dict[str, Task] = {t.name: t for t in _ALL}
 
 
@@ -42,6 +43,7 @@ __all__ = [
     "DinoTaskConfig",
     "DistillationConfig",
     "LSegTaskConfig",
+    "MaeTaskConfig",
     "MultiLabelConfig",
     "SimCLRConfig",
     "SupConConfig",

@@ -36,6 +36,11 @@ class Task:
     model_kind: str = "classifier"  # the registry kind of model this task trains
     supports_fsdp: bool = True  # False: --fsdp is refused (the model is not one sharded forward)
     run_defaults: dict = {}  # run flags this task starts from when not given (DETR's lr, weight decay, clipping)
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW's betas (MAE: beta2 0.95)
+
+    def run_defaults_for(self, cfg) -> dict:
+        """The run flags this task starts from, given the run's config (a learning rate that follows the batch)."""
+        return self.run_defaults
 
     def for_evaluation(self) -> Task:
         """The task whose evaluator judges this task's checkpoints (distillation: classification, no teacher)."""
