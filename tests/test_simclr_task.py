@@ -117,3 +117,10 @@ def test_eval_knn_and_probe_on_self_supervised_and_classifier_checkpoints(simclr
     text = capsys.readouterr().out
     assert "k-NN top-1" in text and "(k=5," in text and "linear-probe" not in text
     assert main(["eval", "--checkpoint", str(ckpt), "--knn", "--knn-temperature", "0"]) == 2
+
+
+def test_eval_every_must_be_positive():
+    from vitlab.engine.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="--eval-every must be >= 1"):
+        TrainConfig(eval_every=0)

@@ -85,7 +85,8 @@ def curves_section(
     plot(ax_loss, "train_loss", "train")
     plot(ax_loss, "val_loss", "test")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    curves = [(f"train_{primary}", "train"), (f"val_{primary}", "test"), (f"val_{primary}_ema", "test (EMA)")]
+    test = f"test {primary_label}" if extra else "test"  # told apart from the extra curves on the same axes
+    curves = [(f"train_{primary}", "train"), (f"val_{primary}", test), (f"val_{primary}_ema", f"{test} (EMA)")]
     curves += [(f"val_{k}", f"test {label}") for k, label in (extra or {}).items()]
     for key, label in curves:
         plot(ax_metric, key, label)
