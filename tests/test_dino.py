@@ -15,7 +15,6 @@ import vitlab
 from tests.conftest import make_image_folder
 from vitlab.cli.main import main
 from vitlab.data.multicrop import MultiCrop, MultiCropDataset, collate_multicrop
-from vitlab.engine.evaluators.dino import knn_predict
 from vitlab.engine.tasks.dino import load_dino_encoder
 from vitlab.losses.dino import cosine_momentum, dino_loss, ema_update_, teacher_temperature, update_center
 from vitlab.methods.dino import Dino, DinoHead, DinoModel
@@ -79,13 +78,6 @@ def test_ema_update_by_hand():
     assert torch.allclose(teacher.weight, torch.tensor([[1.2, 1.6]])) and torch.allclose(
         teacher.bias, torch.tensor([0.1])
     )
-
-
-def test_knn_votes_weighted_by_similarity():
-    bank = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
-    labels = torch.tensor([0, 0, 1])
-    pred = knn_predict(bank, labels, torch.tensor([[1.0, 0.05], [0.1, 1.0]]), num_classes=2, k=2)
-    assert pred.tolist() == [0, 1]
 
 
 # ----- the head and the student/teacher pair ------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """DINO runs judged as the paper judges them: weighted k-NN on the teacher encoder's frozen features (sec. 4.1).
 
-The k-NN classifier (`knn_predict`): cosine similarity of L2-normalised features, the k = 20 nearest training
-images vote with weights exp(sim / T), T = 0.07 (the DINO repository's `eval_knn`, after Wu et al. 2018).
+The k-NN classifier (`knn.knn_classify`): cosine similarity of L2-normalised features, the k = 20 nearest
+training images vote with weights exp(sim / T), T = 0.07 (the DINO repository's `eval_knn`, after Wu et al. 2018).
 Labels are used only here, never in training. The feature bank is the training split through the eval transform,
 recomputed at each evaluation because the teacher changes.
 """
@@ -11,28 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from vitlab.data.multicrop import MultiCropBatch, MultiCropDataset, collate_multicrop
 from vitlab.data.transforms import ImageTransform
 from vitlab.engine.evaluators.base import Evaluator
+from vitlab.engine.evaluators.knn import knn_classify
 from vitlab.methods.dino import DinoModel
-
-
-def knn_predict(
-    train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor, num_classes: int, k: int = 20,
-    temperature: float = 0.07,
-) -> torch.Tensor:  # fmt: skip
-    """Predicted classes (Nq,) of test features (Nq, D) from a bank (Nb, D) with labels (Nb,), by weighted k-NN."""
-    bank = F.normalize(train_feats.float(), dim=-1)
-    query = F.normalize(test_feats.float(), dim=-1)
-    sim = query @ bank.t()  # (Nq, Nb)
-    top, idx = sim.topk(min(k, bank.shape[0]), dim=-1)  # (Nq, k)
-    votes = torch.zeros(query.shape[0], num_classes, device=query.device)
-    votes.scatter_add_(1, train_labels.to(query.device)[idx], (top / temperature).exp())
-    return votes.argmax(dim=-1)
 
 
 @dataclass
@@ -79,7 +65,7 @@ class DinoEvaluator(Evaluator):
             self.bank = encode(encoder, DataLoader(data, 256, collate_fn=collate_multicrop))
         x = batch.crops[0]
         feats = encoder.forward_head(encoder.forward_features(x), pre_logits=True)
-        pred = knn_predict(*self.bank, feats, self.num_classes, self.k, self.temperature)
+        pred = knn_classify(*self.bank, feats, self.num_classes, self.k, self.temperature)
         self.correct += (pred.cpu() == batch.labels.cpu()).sum().item()
         self.n += len(batch)
 
