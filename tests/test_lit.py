@@ -65,6 +65,12 @@ def test_lit_locks_the_bert_encoder_and_trains_the_rest(bert_dir, tmp_path, caps
     )
 
 
+def test_tokenizer_encode_reads_a_wordpiece_vocabulary(bert_dir, capsys):
+    assert main(["tokenizer", "encode", "--tokenizer", str(bert_dir), "--json", "unbelievably quick"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["tokens"] == ["[CLS]", "un", "##believ", "##ably", "quick", "[SEP]"] and row["ids"][0] == 2
+
+
 def test_missing_text_tower_files_are_one_line(bert_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))  # where `make install` would have put MiniLM
     out = tmp_path / "r"

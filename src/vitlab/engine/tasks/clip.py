@@ -50,7 +50,11 @@ def _f(default, help: str):
 @dataclass(frozen=True)
 class ClipTaskConfig(TaskConfig):
     loss: str = _f("infonce", "infonce (CLIP's symmetric cross-entropy) or siglip (pairwise sigmoid, learned bias)")
-    lock: str = _f("none", "LiT: keep this tower's weights fixed (image | text; give it with --pretrained)")
+    lock: str = _f(
+        "none",
+        "LiT: keep this tower's weights fixed (image | text; give it with --pretrained, or "
+        "the text one with --text-tower)",
+    )
     tokenizer: str | None = _f(None, "BPE vocabulary: CLIP's .txt.gz or a vocab.json + merges.txt directory "
                                      "(default: the copy `make install` put in the venv); with --text-tower a "
                                      "WordPiece tokenizer.json / vocab.txt (default: the tower's)")  # fmt: skip
