@@ -110,7 +110,9 @@ def _model_tokenizer(tcfg: ClipTaskConfig, model: nn.Module) -> ClipTokenizer | 
 def load_text_tower(model: nn.Module, path) -> None:
     """The BERT directory's weights into the model's text encoder; sizes the model was not built with are an error."""
     if getattr(model.cfg, "text_tower", "clip") != "bert":
-        raise ConfigError(f"--text-tower {path}: {model.model_name} has CLIP's own text tower, not a BERT one")
+        raise ConfigError(
+            f"--text-tower {path}: {getattr(model, 'model_name', 'the model')} has CLIP's text tower, not a BERT"
+        )
     fields, state = read_bert_dir(path, pooler=False)
     own = dataclasses.asdict(bert_config(model.cfg))
     differ = [f"{k} {fields[k]} (model: {own[k]})" for k in fields if fields[k] != own[k]]
