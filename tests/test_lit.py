@@ -81,7 +81,6 @@ def test_missing_text_tower_files_are_one_line(bert_dir, tmp_path, monkeypatch, 
     assert "--text-tower" in capsys.readouterr().err and not out.exists()
 
 
-@pytest.mark.slow
 @needs_minilm
 def test_lit_with_minilm_through_the_cli(tmp_path, capsys):
     out = tmp_path / "lit"
