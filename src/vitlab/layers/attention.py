@@ -86,3 +86,19 @@ class Attention(nn.Module):
             self.attn_probs = probs.detach()  # (B, H, N, N)
         x = x.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
         return self.proj_drop(self.proj(x))
+
+
+class MaskedAttention(Attention):
+    """`Attention` with an optional additive mask (CLIP's causal mask, BERT's padding mask).
+
+    Shapes: x (B, N, D), mask broadcastable to (B, H, N, N) -> (B, N, D).
+    """
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
+        x, probs = attend(q, k, v, bias=mask, scale=self.scale, capture=self.capture_attn)
+        if probs is not None:
+            self.attn_probs = probs.detach()  # (B, H, N, N), for vitlab.explain
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))  # (B, N, D)

@@ -18,6 +18,8 @@ classifier contract (`model(images) -> logits`) does not apply. `create_clip(nam
 A transformers `CLIPModel` directory, or a state dict in HF's or openai/open_clip's names, loads with
 `load_checkpoint` / `create_model(name, pretrained=PATH)` (the converter is `vitlab.weights.clip.HF`).
 SigLIP (`logit_bias_init` set) adds the learned bias its pairwise sigmoid loss needs (`vitlab.losses.contrastive`).
+`text_tower="bert"` replaces the text tower by a mean-pooled BERT encoder (`vitlab.models.bert_text`) of the text_*
+sizes, for LiT with a pretrained sentence encoder such as all-MiniLM-L6-v2 (`vitlab train --task clip --text-tower`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ import torch.utils.checkpoint
 from torch import nn
 
 from vitlab.errors import UnknownModelError
-from vitlab.layers import Attention, Mlp, attend
+from vitlab.layers import MaskedAttention, Mlp
 from vitlab.layers.patch_embed import check_patch_input
+from vitlab.models.bert_text import BertConfig, BertTextTower
 from vitlab.models.outputs import ClipOutput
 from vitlab.registry import register_variants
 
@@ -41,6 +44,7 @@ __all__ = ["CLIP_VARIANTS", "ClipConfig", "ClipModel", "QuickGELU", "create_clip
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the image normalisation CLIP's weights were trained with
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+TEXT_TOWERS = ("clip", "bert")
 
 
 @dataclass(frozen=True)
@@ -55,13 +59,15 @@ class ClipConfig:
     vision_width: int = 768  # ViT token width Dv (B/32 and B/16: ViT-Base's 768)
     vision_depth: int = 12  # ViT blocks
     vision_heads: int = 12  # ViT heads; head dim 64 as in ViT
-    # text tower: a causal transformer over BPE ids
+    # text tower: a causal transformer over BPE ids, or a BERT (LiT with a pretrained sentence encoder)
+    text_tower: str = "clip"  # "clip": causal, pooled at end-of-text; "bert": bidirectional, post-LN, mean-pooled
     context_length: int = 77  # the text position table's rows; the tokenizer pads/truncates to this
     vocab_size: int = 49408  # CLIP's BPE vocabulary; end-of-text (49407) must be the largest id (pooling, below)
     text_width: int = 512  # text token width Dt (sec. 2.4: a 63M-parameter 12-layer 512-wide model, 8 heads)
     text_depth: int = 12  # text blocks
     text_heads: int = 8  # text heads
     mlp_ratio: float = 4.0  # MLP hidden = mlp_ratio * width in both towers
+    text_mlp_dim: int | None = None  # a BERT text tower's MLP hidden width, as its checkpoint has it; None: the ratio
     quick_gelu: bool = True  # x * sigmoid(1.702 x): what the OpenAI weights were trained with; False: exact GELU
     norm_eps: float = 1e-5  # LayerNorm epsilon of PyTorch, OpenAI and HF CLIP
     logit_scale_init: float = math.log(1 / 0.07)  # t at the start: temperature 0.07 (sec. 2.5)
@@ -81,6 +87,10 @@ class ClipConfig:
                 raise ValueError(f"{tower}_width={width} must be divisible by {tower}_heads={heads}")
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ValueError(f"mean and std need in_chans={self.in_chans} values, got {self.mean} and {self.std}")
+        if self.text_tower not in TEXT_TOWERS:
+            raise ValueError(f"text_tower must be one of {', '.join(TEXT_TOWERS)}, got {self.text_tower!r}")
+        if self.text_mlp_dim is not None and self.text_tower != "bert":
+            raise ValueError("text_mlp_dim sizes a BERT text tower (text_tower='bert'); CLIP's uses mlp_ratio")
         if self.logit_scale_max <= 0:
             raise ValueError(f"logit_scale_max must be positive, got {self.logit_scale_max}")
 
@@ -90,22 +100,6 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
-
-
-class MaskedAttention(Attention):
-    """vitlab's self-attention (fused qkv, SDPA, probabilities on request) with an optional additive mask.
-
-    Shapes: x (B, N, D), mask broadcastable to (B, H, N, N) -> (B, N, D).
-    """
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, H, N, Dh)
-        x, probs = attend(q, k, v, bias=mask, scale=self.scale, capture=self.capture_attn)
-        if probs is not None:
-            self.attn_probs = probs.detach()  # (B, H, N, N), for vitlab.explain
-        return self.proj(x.transpose(1, 2).reshape(B, N, D))  # (B, N, D)
 
 
 class ResidualBlock(nn.Module):
@@ -228,7 +222,7 @@ class ClipModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.visual = VisionTower(cfg)
-        self.text = TextTower(cfg)
+        self.text = TextTower(cfg) if cfg.text_tower == "clip" else BertTextTower(bert_config(cfg), cfg.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)))  # t; the scale is exp(t)
         if cfg.logit_bias_init is not None:  # SigLIP's b, added to every pair's logit
             self.logit_bias = nn.Parameter(torch.tensor(float(cfg.logit_bias_init)))
@@ -240,12 +234,18 @@ class ClipModel(nn.Module):
 
     @property
     def towers(self) -> dict[str, nn.Module]:
-        """The two towers by the names `--lock` takes (LiT locks one and trains the other)."""
-        return {"image": self.visual, "text": self.text}
+        """The two towers by the names `--lock` takes (LiT locks one and trains the other). A BERT text tower's is
+        its pretrained encoder: the new projection after it trains even when the encoder is locked."""
+        return {"image": self.visual, "text": self.text if self.cfg.text_tower == "clip" else self.text.encoder}
 
     def no_weight_decay(self) -> set[str]:
         # open_clip's rule: no decay on gains, biases, embeddings and the temperature (the bias is 0-d: no decay)
-        return {"logit_scale", "visual.cls_token", "visual.pos_embed", "text.pos_embed"}
+        text = (
+            {"text.pos_embed"}
+            if self.cfg.text_tower == "clip"
+            else {"text.encoder.pos_embed", "text.encoder.type_embed"}
+        )
+        return {"logit_scale", "visual.cls_token", "visual.pos_embed", *text}
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each tower's block activations in backward: less memory for more compute."""
@@ -257,7 +257,8 @@ class ClipModel(nn.Module):
         return F.normalize(z, dim=-1) if normalize else z
 
     def encode_text(self, input_ids: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """(B, T) BPE ids (ClipTokenizer's output) -> (B, E), unit-norm unless `normalize=False`."""
+        """(B, T) ids (ClipTokenizer's; a BERT tower's: WordPieceTokenizer's) -> (B, E), unit-norm unless
+        `normalize=False`."""
         z = self.text(input_ids)
         return F.normalize(z, dim=-1) if normalize else z
 
@@ -287,6 +288,14 @@ CLIP_VARIANTS: dict[str, dict] = {
         text_depth=2, text_heads=2, quick_gelu=False,
     ),
 }  # fmt: skip
+
+
+def bert_config(cfg: ClipConfig) -> BertConfig:
+    """The BERT encoder of a `text_tower="bert"` config: its text sizes, context_length position rows, no pooler."""
+    return BertConfig(
+        vocab_size=cfg.vocab_size, width=cfg.text_width, depth=cfg.text_depth, num_heads=cfg.text_heads,
+        mlp_dim=cfg.text_mlp_dim or int(cfg.text_width * cfg.mlp_ratio), max_positions=cfg.context_length, pooler=False,
+    )  # fmt: skip
 
 
 def create_clip(name: str, **overrides) -> ClipModel:

@@ -10,7 +10,7 @@ ones; chance is 1 / number of classes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -95,10 +95,15 @@ class ClipEvaluator(Evaluator):
     }
 
     def __init__(
-        self, tokenizer: ClipTokenizer, classes: Sequence[str] = (), held_out: Sequence[str] = (),
-        templates: Sequence[str] = ("{}",),
+        self, tokenizer: ClipTokenizer | None, classes: Sequence[str] = (), held_out: Sequence[str] = (),
+        templates: Sequence[str] = ("{}",), tokenizer_for: Callable[[nn.Module], ClipTokenizer] | None = None,
     ) -> None:  # fmt: skip
-        self.tokenizer, self.classes, self.templates = tokenizer, list(classes), list(templates)
+        """tokenizer_for: the tokenizer chosen by the model at the first batch, when `tokenizer` is None (a checkpoint
+        whose text tower, CLIP's or a BERT, decides the vocabulary)."""
+        if (tokenizer is None) == (tokenizer_for is None):
+            raise ValueError("give a tokenizer or tokenizer_for, not both")
+        self.tokenizer, self.tokenizer_for = tokenizer, tokenizer_for
+        self.classes, self.templates = list(classes), list(templates)
         self.held_out = [c for c in held_out if c in self.classes]
         self.reset()
 
@@ -114,6 +119,8 @@ class ClipEvaluator(Evaluator):
         return {"r_mean", *(f"{d}_r{k}" for d in ("i2t", "t2i") for k in KS)}
 
     def update(self, model: nn.Module, batch: CaptionBatch) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = self.tokenizer_for(model)
         if self.classes and self.weights is None:
             self.weights = zero_shot_weights(model, self.tokenizer, self.classes, self.templates).cpu()
         self.images.append(model.encode_image(batch.images).float().cpu())
