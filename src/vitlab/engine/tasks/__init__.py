@@ -14,10 +14,12 @@ from vitlab.engine.tasks.classification import (
 from vitlab.engine.tasks.clip import ClipTask, ClipTaskConfig
 from vitlab.engine.tasks.detection import DetectionConfig, DetectionTask
 from vitlab.engine.tasks.multilabel import MultiLabelConfig, MultiLabelTask
+from vitlab.engine.tasks.video import VideoConfig, VideoTask
 from vitlab.errors import ConfigError
 
 TASKS: dict[str, Task] = {
-    t.name: t for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask())
+    t.name: t
+    for t in (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask(), VideoTask())
 }
 
 
@@ -38,5 +40,6 @@ __all__ = [
     "MultiLabelConfig",
     "Task",
     "TaskConfig",
+    "VideoConfig",
     "get_task",
 ]
