@@ -9,8 +9,9 @@ a t x p x p tubelet filter by
 The transformer blocks, final norm and (when its size fits) the classifier are copied; model 2's temporal encoder
 keeps its fresh initialisation, as in the paper.
 TimeSformer (sec. 4, as its reference code does): the patch embedding and spatial attention are the image model's,
-the temporal attention starts as a copy of the spatial one, `temporal_fc` at zero and the time table at zero, so each
-block first computes exactly the image ViT's function on every frame.
+the temporal attention starts as a copy of the spatial one and the time table at zero; `temporal_fc` is set to zero in
+every block (the reference keeps the first block's random, as at initialisation), so each block first computes
+exactly the image ViT's function on every frame.
 
 With these rules a static clip (the same frame T times) gives tubelet tokens equal to the image ViT's patch tokens of
 that frame (either mode), and divided TimeSformer gives the image ViT's logits; tests/test_video_models.py checks both.

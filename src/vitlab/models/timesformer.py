@@ -154,8 +154,10 @@ class TimeSformer(VideoModelBase):
         for p in (self.cls_token, self.pos_embed):
             nn.init.trunc_normal_(p, std=0.02)  # the reference's and HF's: the time table starts at zero
         self.apply(_init_linear)
-        for blk in self.blocks:
-            if hasattr(blk, "temporal_fc"):  # the reference zero-initialises it: each block starts as a ViT block
+        # The reference zero-initialises temporal_fc in every block but the first: those blocks start as ViT blocks,
+        # while the first block's temporal path carries a gradient to its temporal attention from the first step.
+        for blk in list(self.blocks)[1:]:
+            if hasattr(blk, "temporal_fc"):
                 nn.init.zeros_(blk.temporal_fc.weight)
                 nn.init.zeros_(blk.temporal_fc.bias)
 

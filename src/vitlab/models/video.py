@@ -5,7 +5,7 @@ and `TimesformerForVideoClassification` (`pixel_values`) and of `vitlab.data.bat
 model API otherwise: `forward_features` -> tokens (B, N, D) (class token first), `forward_head`, `get_classifier`,
 `reset_classifier`, `pretrained_cfg` (its `input_size` is (T, C, H, W), with `num_frames`), `no_weight_decay`,
 `set_grad_checkpointing`, and `forward_intermediates` with the tokens of each block (output_fmt "NLC" only: a
-space-time token set has no single 2-D grid). They are registered with kind "video" (`vitlab models --kind video`),
+space-time token set has no single 2-D grid). They are registered with kind "video" (`list_models(kind="video")`),
 so the image-classifier contract (`model(images) -> logits`) does not apply; tests/test_video_models.py checks theirs.
 """
 

@@ -42,9 +42,13 @@ class ClassificationEvaluator(Evaluator):
         self.confusion = torch.zeros(K, K, dtype=torch.long)
         self.loss_sum, self.correct5, self.n = 0.0, 0, 0
 
+    def inputs(self, batch) -> torch.Tensor:
+        """What the model reads from a batch: images here, clips for video classification."""
+        return batch.images
+
     def update(self, model: nn.Module, batch: ImageBatch) -> None:
         K, labels = self.num_classes, batch.labels
-        logits = model(batch.images).float()
+        logits = model(self.inputs(batch)).float()
         self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         self.correct5 += (logits.topk(min(5, K), dim=-1).indices == labels[:, None]).any(dim=-1).sum().item()
         pred = logits.argmax(dim=-1)

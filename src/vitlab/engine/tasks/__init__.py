@@ -19,10 +19,11 @@ from vitlab.engine.tasks.lseg import LSegTask, LSegTaskConfig
 from vitlab.engine.tasks.mae import MaeTask, MaeTaskConfig
 from vitlab.engine.tasks.multilabel import MultiLabelConfig, MultiLabelTask
 from vitlab.engine.tasks.simclr import SimCLRConfig, SimCLRTask, SupConConfig, SupConTask
+from vitlab.engine.tasks.video import VideoConfig, VideoTask
 from vitlab.errors import ConfigError
 
 _ALL = (ClassificationTask(), DistillationTask(), MultiLabelTask(), DetectionTask(), ClipTask(), LSegTask(),
-        SimCLRTask(), SupConTask(), DinoTask(), AudioTask(), MaeTask())  # fmt: skip
+        SimCLRTask(), SupConTask(), DinoTask(), MaeTask(), VideoTask(), AudioTask())  # fmt: skip
 TASKS: dict[str, Task] = {t.name: t for t in _ALL}
 
 
@@ -49,5 +50,6 @@ __all__ = [
     "SupConConfig",
     "Task",
     "TaskConfig",
+    "VideoConfig",
     "get_task",
 ]
