@@ -109,9 +109,9 @@ def bench_frontend(clips: int, rounds: int, iters: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="ast_base_patch16_stride10_speechcommands,ast_micro_patch16_stride10_64x200")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--iters", type=int, default=3, help="timed batches per round (the round's median is kept)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--iters", type=int, default=2, help="timed batches per round (the round's median is kept)")
     p.add_argument("--clips", type=int, default=16, help="clips per front-end batch (0: skip the front end)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
