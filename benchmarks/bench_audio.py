@@ -19,6 +19,7 @@ import argparse
 import statistics
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -98,7 +99,9 @@ def bench_frontend(clips: int, rounds: int, iters: int) -> None:
     data = GeneratedSounds(-(-clips // 8), seed=0)
     waves = [data[i][0] for i in range(clips)]
     ours = SpectrogramTransform(128, 1024)
-    hf = transformers.ASTFeatureExtractor(num_mel_bins=128, max_length=1024)
+    with warnings.catch_warnings():  # its note that one of 128 Kaldi triangles catches no FFT bin (so does ours)
+        warnings.simplefilter("ignore", UserWarning)
+        hf = transformers.ASTFeatureExtractor(num_mel_bins=128, max_length=1024)
     ref = hf(waves, sampling_rate=16_000, return_tensors="np")["input_values"]
     diff = max(np.abs(ours.bank(w) - r).max() for w, r in zip(waves, ref, strict=True))
     print(f"front end: {clips} clips of 2 s -> 128 x 1024 normalised banks; max |vitlab - HF| {diff:.2e}")
@@ -109,9 +112,9 @@ def bench_frontend(clips: int, rounds: int, iters: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="ast_base_patch16_stride10_speechcommands,ast_micro_patch16_stride10_64x200")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--iters", type=int, default=3, help="timed batches per round (the round's median is kept)")
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--iters", type=int, default=2, help="timed batches per round (the round's median is kept)")
     p.add_argument("--clips", type=int, default=16, help="clips per front-end batch (0: skip the front end)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = p.parse_args(argv)
