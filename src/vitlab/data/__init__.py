@@ -9,6 +9,7 @@ from vitlab.data.datasets import (
     ArrayDataset,
     DataSplits,
     ImageFolder,
+    folder_splits,
     hold_out_classes,
     load_cifar,
     load_digits_dataset,
@@ -60,14 +61,5 @@ def load_data(spec: str, test_fraction: float = 0.2) -> DataSplits:
         )
     if not root.is_dir():
         raise DataError(f"--data {spec}: is a file, not a directory (expected ROOT/CLASS/IMAGE, or cifar10:DIR, ...)")
-    split_dirs = [root / n for n in ("val", "test") if (root / n).is_dir()]
-    if (root / "train").is_dir() and split_dirs:
-        train, test = ImageFolder(root / "train"), ImageFolder(split_dirs[0])
-        if train.classes != test.classes:
-            raise DataError(f"{root}/train and {split_dirs[0]} have different class folders")
-        return DataSplits(train, test, train.classes, natural_images=True)
-    full = ImageFolder(root)
-    if len(full) < 2:
-        raise DataError(f"data directory {root} has {len(full)} image(s); at least 2 are needed to split")
-    tr, te = stratified_split(full.targets, test_fraction)
-    return DataSplits(full.subset(tr), full.subset(te), full.classes, natural_images=True)
+    train, test = folder_splits(root, ImageFolder, test_fraction, "image")
+    return DataSplits(train, test, train.classes, natural_images=True)

@@ -166,6 +166,30 @@ def stratified_split(targets: list[int], test_fraction: float, seed: int = 0) ->
     return np.sort(train), np.sort(test)
 
 
+def folder_splits(root: Path, make, test_fraction: float, what: str):
+    """(train, test) of a class-per-folder tree: ROOT/train + ROOT/val (or ROOT/test), else ROOT split per class.
+
+    `make(path)` reads one tree (an ImageFolder, AudioFolder, VideoFolder: anything with `classes`, `targets` and
+    `subset`); `what` names its items in errors ("image", "clip"). DataError for differing class folders or too few
+    items to split.
+    """
+    held = [root / n for n in ("val", "test") if (root / n).is_dir()]
+    if (root / "train").is_dir() and held:
+        train, test = make(root / "train"), make(held[0])
+        if train.classes != test.classes:
+            raise DataError(f"{root}/train and {held[0]} have different class folders")
+        return train, test
+    full = make(root)
+    if len(full) < 2:
+        raise DataError(f"{what} directory {root} has {len(full)} {what}(s); at least 2 are needed to split")
+    try:
+        tr, te = stratified_split(full.targets, test_fraction)
+    except ValueError as e:  # scikit-learn: a split that cannot hold a single item
+        raise DataError(f"{what} directory {root}: cannot split {len(full)} {what}s at --test-fraction "
+                        f"{test_fraction} ({e})") from None  # fmt: skip
+    return full.subset(tr), full.subset(te)
+
+
 # ----- built-in and file-format data sets --------------------------------------------------------------------------
 def load_digits_dataset() -> ArrayDataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, grey levels 0..16), no download."""

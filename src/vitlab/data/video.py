@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vitlab.data.datasets import IMAGE_SUFFIXES, read_image, stratified_split
+from vitlab.data.datasets import IMAGE_SUFFIXES, folder_splits, read_image
 from vitlab.errors import DataError
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".gif", ".ogv", ".wmv", ".flv"}
@@ -213,22 +213,10 @@ def load_video_folders(root: str | Path, test_fraction: float, frames: bool | No
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"video data {root} is not a directory (expected ROOT/CLASS/VIDEO or ROOT/CLASS/CLIP/FRAME)")
-    splits = [root / n for n in ("val", "test") if (root / n).is_dir()]
-    if (root / "train").is_dir() and splits:
-        kind = looks_like_frame_folders(root / "train") if frames is None else frames
-        train, test = VideoFolder(root / "train", kind), VideoFolder(splits[0], kind)
-        if train.classes != test.classes:
-            raise DataError(f"{root}/train and {splits[0]} have different class folders")
-        return train, test, train.classes
-    full = VideoFolder(root, looks_like_frame_folders(root) if frames is None else frames)
-    if len(full) < 2:
-        raise DataError(f"video data {root} has {len(full)} clip(s); at least 2 are needed to split")
-    try:
-        tr, te = stratified_split(full.targets, test_fraction)
-    except ValueError as e:  # scikit-learn: a test split smaller than the number of classes
-        raise DataError(f"video data {root}: cannot split {len(full)} clips at --test-fraction {test_fraction} "
-                        f"({e})") from None  # fmt: skip
-    return full.subset(tr), full.subset(te), full.classes
+    train, test = folder_splits(
+        root, lambda p: VideoFolder(p, looks_like_frame_folders(p) if frames is None else frames), test_fraction, "clip"
+    )
+    return train, test, train.classes
 
 
 class SampledClips(Dataset):

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from torch import nn
 
-from vitlab.data import DataSplits, stratified_split
+from vitlab.data import DataSplits
 from vitlab.data.audio import AudioFolder, SpectrogramDataset, SpectrogramTransform
+from vitlab.data.datasets import folder_splits
 from vitlab.data.sounds import GeneratedSounds
 from vitlab.engine.report import Section, new_figure
 from vitlab.engine.tasks.classification import ClassificationConfig, ClassificationTask
@@ -48,17 +49,8 @@ def load_audio_data(spec: str, test_fraction: float, tcfg: AudioConfig) -> DataS
     root = Path(spec)
     if not root.exists():
         raise DataError(f"--data {spec!r}: not 'sounds' and not an audio directory (ROOT/CLASS/FILE.wav)")
-    split_dirs = [root / n for n in ("val", "test") if (root / n).is_dir()]
-    if (root / "train").is_dir() and split_dirs:
-        train, test = AudioFolder(root / "train"), AudioFolder(split_dirs[0])
-        if train.classes != test.classes:
-            raise DataError(f"{root}/train and {split_dirs[0]} have different class folders")
-        return DataSplits(train, test, train.classes, natural_images=False)
-    full = AudioFolder(root)
-    if len(full) < 2:
-        raise DataError(f"audio directory {root} has {len(full)} file(s); at least 2 are needed to split")
-    tr, te = stratified_split(full.targets, test_fraction)
-    return DataSplits(full.subset(tr), full.subset(te), full.classes, natural_images=False)
+    train, test = folder_splits(root, AudioFolder, test_fraction, "audio file")
+    return DataSplits(train, test, train.classes, natural_images=False)
 
 
 class AudioTask(ClassificationTask):
