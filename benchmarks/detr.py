@@ -1,6 +1,7 @@
-"""vitlab's DETR beside transformers' DetrForObjectDetection, same config and same weights: inference speed.
+"""vitlab's DETR beside transformers' DetrForObjectDetection, same config and same weights: inference and training.
 
     PYTHONPATH=src python benchmarks/detr.py                      # detr_resnet50, 2 images of 512x672, the README's
+    PYTHONPATH=src python benchmarks/detr.py --train --rounds 3 --iters 1   # + forward, matching, loss, backward
     PYTHONPATH=src python benchmarks/detr.py --height 800 --width 1066 --batch 1 --rounds 5
 
 A random-initialised HF DetrForObjectDetection of DETR-R50's shape (transformers' own ResNet-50 backbone, frozen
@@ -9,7 +10,10 @@ the same weights; their class logits and boxes are compared first (max abs diffe
 on a padded batch (the second image smaller, its pixel mask honoured by both) is then timed in alternating rounds,
 one warm-up each, so drift in machine speed hits both alike. Printed: the median seconds per batch of each [min-max]
 and the speed ratio vitlab/HF as the median of per-round ratios [min-max] (`vitlab.bench.speed_ratio`; `~`: the
-interval holds 1.0, no difference).
+interval holds 1.0, no difference). `--train` then times a training step of each, in train mode (dropout on,
+BatchNorm frozen in both) on the same random targets (--objects boxes per image): forward, Hungarian matching and
+the set losses on the final and every auxiliary decoder output (transformers with `auxiliary_loss=True`), the
+weighted sum and its backward; and the share of vitlab's step spent in its matcher (`hungarian_match`, scipy).
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ import time
 
 import torch
 
+import vitlab.losses.detection.criterion as criterion_module
 from vitlab.bench import speed_ratio
 from vitlab.factory import create_model
+from vitlab.losses.detection import SetCriterion
 from vitlab.weights.detr import convert_detr_hf
 
 
@@ -34,19 +40,70 @@ def hf_detr_r50(num_labels: int = 91):
         out_features=["stage4"],
     )  # fmt: skip
     cfg = transformers.DetrConfig(use_timm_backbone=False, backbone_config=backbone, use_pretrained_backbone=False,
-                                  num_labels=num_labels)  # fmt: skip
+                                  num_labels=num_labels, auxiliary_loss=True)  # fmt: skip
     torch.manual_seed(0)
     return transformers.DetrForObjectDetection(cfg).eval()
 
 
-def _time(fn, iters: int) -> float:
+def _time(fn, iters: int, grad: bool = False) -> float:
     times = []
-    with torch.inference_mode():
+    with torch.inference_mode(not grad):
         for _ in range(iters):
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def _alternate(fns: dict, rounds: int, iters: int, grad: bool = False) -> dict[str, list[float]]:
+    for fn in fns.values():
+        _time(fn, 1, grad)  # warm-up
+    secs: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(rounds):
+        for k in list(fns) if r % 2 == 0 else list(fns)[::-1]:
+            secs[k].append(_time(fns[k], iters, grad))
+    return secs
+
+
+def _print(secs: dict[str, list[float]], batch: int, what: str) -> None:
+    for k, s in secs.items():
+        med = statistics.median(s)
+        print(f"  {what} {k:6s} {batch / med:6.2f} images/s  {med * 1e3:8.1f} ms/batch "
+              f"[{min(s) * 1e3:.1f}-{max(s) * 1e3:.1f}]")  # fmt: skip
+    print(f"  {what} vitlab/HF speed: {speed_ratio(secs['vitlab'], secs['hf'])} ({len(secs['hf'])} rounds)")
+
+
+def train_steps(ours, hf, images, mask, objects: int):
+    """(vitlab step, HF step, matcher seconds list): each a forward, the matched set losses and their backward."""
+    g = torch.Generator().manual_seed(1)
+    n = hf.config.num_labels
+    labels = [torch.randint(0, n, (objects,), generator=g) for _ in images]
+    boxes = [torch.cat([0.2 + 0.6 * torch.rand(objects, 2, generator=g), 0.05 + 0.3 * torch.rand(objects, 2,
+             generator=g)], 1) for _ in images]  # fmt: skip
+    targets = [{"class_labels": lb, "boxes": bx} for lb, bx in zip(labels, boxes, strict=True)]
+    criterion, matcher_secs = SetCriterion(), []
+    real_match = criterion_module.hungarian_match
+
+    def timed_match(*a, **k):
+        t = time.perf_counter()
+        out = real_match(*a, **k)
+        matcher_secs.append(time.perf_counter() - t)
+        return out
+
+    def ours_step():
+        criterion_module.hungarian_match = timed_match
+        try:
+            out = ours(images, mask)
+            criterion.total(criterion(out.logits, out.pred_boxes, labels, boxes, aux=out.aux)).backward()
+        finally:
+            criterion_module.hungarian_match = real_match
+        ours.zero_grad(set_to_none=True)
+
+    def hf_step():
+        hf(pixel_values=images, pixel_mask=mask.long(), labels=targets).loss.backward()
+        hf.zero_grad(set_to_none=True)
+
+    return ours_step, hf_step, matcher_secs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--iters", type=int, default=3, help="timed batches per round (the round's median is kept)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--train", action="store_true", help="also time a training step (forward, matching, loss, backward)")
+    p.add_argument("--objects", type=int, default=6, help="random target boxes per image for --train (default: 6)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,17 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"max |vitlab - HF|: logits {(out.logits - ref.logits).abs().max():.2e}, "
           f"boxes {(out.pred_boxes - ref.pred_boxes).abs().max():.2e}")  # fmt: skip
     fns = {"vitlab": lambda: ours(images, mask), "hf": lambda: hf(pixel_values=images, pixel_mask=mask.long())}
-    for fn in fns.values():
-        _time(fn, 1)  # warm-up
-    secs: dict[str, list[float]] = {k: [] for k in fns}
-    for r in range(args.rounds):
-        for k in list(fns) if r % 2 == 0 else list(fns)[::-1]:
-            secs[k].append(_time(fns[k], args.iters))
-    for k, s in secs.items():
-        med = statistics.median(s)
-        print(f"  {k:6s} {args.batch / med:6.2f} images/s  {med * 1e3:8.1f} ms/batch "
-              f"[{min(s) * 1e3:.1f}-{max(s) * 1e3:.1f}]")  # fmt: skip
-    print(f"  vitlab/HF speed: {speed_ratio(secs['vitlab'], secs['hf'])} ({args.rounds} rounds)")
+    _print(_alternate(fns, args.rounds, args.iters), args.batch, "infer")
+    if args.train:
+        ours.train(), hf.train()
+        ours_step, hf_step, matcher_secs = train_steps(ours, hf, images, mask, args.objects)
+        secs = _alternate({"vitlab": ours_step, "hf": hf_step}, args.rounds, args.iters, grad=True)
+        _print(secs, args.batch, "train")
+        per_step = sum(matcher_secs) / (len(secs["vitlab"]) * args.iters + 1)  # + the warm-up step
+        share = per_step / statistics.median(secs["vitlab"])
+        print(f"  train matcher (6 decoder outputs, {args.objects} targets/image): {per_step * 1e3:.1f} ms a step, "
+              f"{share:.2%} of vitlab's step")  # fmt: skip
     return 0
 
 
