@@ -14,6 +14,8 @@ interval holds 1.0, no difference). `--train` then times a training step of each
 BatchNorm frozen in both) on the same random targets (--objects boxes per image): forward, Hungarian matching and
 the set losses on the final and every auxiliary decoder output (transformers with `auxiliary_loss=True`), the
 weighted sum and its backward; and the share of vitlab's step spent in its matcher (`hungarian_match`, scipy).
+Both train the same parameters: transformers leaves its backbone's requires_grad off in this configuration, so
+vitlab's backbone is frozen too for the comparison (the script says which).
 """
 
 from __future__ import annotations
@@ -142,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     _print(_alternate(fns, args.rounds, args.iters), args.batch, "infer")
     if args.train:
         ours.train(), hf.train()
+        # transformers (5.x) builds this backbone with requires_grad off everywhere; train the same parameters here
+        frozen = {n for n, p in hf.named_parameters() if not p.requires_grad and n.startswith("model.backbone.")}
+        if frozen:
+            ours.backbone.requires_grad_(False)
+        print(f"  train: {len(frozen)} backbone tensors frozen in transformers' model, "
+              f"{'so vitlab backbone frozen too' if frozen else 'none frozen'}")  # fmt: skip
         ours_step, hf_step, matcher_secs = train_steps(ours, hf, images, mask, args.objects)
         secs = _alternate({"vitlab": ours_step, "hf": hf_step}, args.rounds, args.iters, grad=True)
         _print(secs, args.batch, "train")
