@@ -9,6 +9,8 @@ directory), so both run the same weights; their embeddings are compared first (m
 captions (vs `get_text_features`) are timed in alternating rounds, one warm-up each, so drift in machine speed hits
 both alike. Printed per encoder: the median seconds per batch of each [min-max] and the speed ratio vitlab/HF as the
 median of per-round ratios [min-max] (`vitlab.bench.speed_ratio`; `~`: the interval holds 1.0, no difference).
+Where MKL packing is available, `vitlab-opt` (`vitlab.runtime.optimize_for_cpu_inference`, the copy `vitlab predict`
+uses on a CPU) runs as a third peer in the same rounds.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from vitlab.bench import speed_ratio
 from vitlab.factory import create_model, load_checkpoint
+from vitlab.runtime import mkl_packing_supported, optimize_for_cpu_inference
 
 
 def hf_twin(name: str, directory: str):
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         "text": {"vitlab": lambda x: ours.encode_text(x), "hf": lambda x: hf.get_text_features(input_ids=x)},
     }
+    if mkl_packing_supported():  # vitlab's CPU inference copy (pre-packed linear weights), as `vitlab bench` times it
+        opt = optimize_for_cpu_inference(ours)
+        peers["image"]["vitlab-opt"] = lambda x: opt.encode_image(x)
+        peers["text"]["vitlab-opt"] = lambda x: opt.encode_text(x)
     inputs = {"image": images, "text": ids}
     for part, fns in peers.items():
         x = inputs[part]
@@ -115,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {part:5s} {k:6s} {batch / med:8.1f} {unit}/s  {med * 1e3:7.1f} ms/batch "
                   f"[{min(s) * 1e3:.1f}-{max(s) * 1e3:.1f}]")  # fmt: skip
         print(f"  {part:5s} vitlab/HF speed: {speed_ratio(secs['vitlab'], secs['hf'])} ({args.rounds} rounds)")
+        if "vitlab-opt" in secs:
+            print(f"  {part:5s} vitlab-opt/HF speed: {speed_ratio(secs['vitlab-opt'], secs['hf'])}")
     return 0
 
 
